@@ -1,0 +1,60 @@
+"""
+Generate the synthetic sample data set (BTCV-style CT and BraTS-style MRI phantoms).
+
+Example::
+
+    python tools/sample_data.py --output_dir data/sample
+    python tools/sample_data.py --output_dir data/tiny --num_ct 2 --num_brain 2 \
+        --ct_shape "[64,64,32]" --brain_shape "[48,48,48]" --num_validation 1
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import fire
+
+# allow running as a script from a checkout without installing the package
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from monai_dae.data.phantoms import write_sample_dataset  # noqa: E402
+
+
+def generate(
+    output_dir: str = "data/sample",
+    num_ct: int = 6,
+    num_brain: int = 6,
+    seed: int = 0,
+    ct_shape: Sequence[int] = (96, 96, 48),
+    brain_shape: Sequence[int] = (80, 80, 64),
+    num_validation: int = 2,
+) -> None:
+    """
+    Write the sample data set and print the resulting paths.
+
+    Args:
+        output_dir: root folder of the data set.
+        num_ct: number of CT cases (BTCV layout), at least 2.
+        num_brain: number of brain MRI cases (BraTS 2018 layout), at least 2.
+        seed: base random seed; the same seed gives identical data.
+        ct_shape: spatial shape of the CT volumes.
+        brain_shape: spatial shape of the MRI volumes.
+        num_validation: number of validation cases for each of CT and MRI.
+    """
+    paths = write_sample_dataset(
+        output_dir,
+        num_ct=num_ct,
+        num_brain=num_brain,
+        seed=seed,
+        ct_shape=tuple(ct_shape),
+        brain_shape=tuple(brain_shape),
+        num_validation=num_validation,
+    )
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+
+
+if __name__ == "__main__":
+    fire.Fire(generate)
