@@ -1,0 +1,96 @@
+"""Data lists: load, resolve and check them before any training starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import nibabel as nib
+
+from monai_dae.modalities import DEFAULT_MODALITIES, canonical_modality, infer_modality
+
+__all__ = ["load_datalist", "check_image_file"]
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def check_image_file(path: str) -> None:
+    """
+    Check that an image file exists and, for NIfTI, that its header is readable.
+
+    Args:
+        path: image path.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the NIfTI header cannot be read (the message names the file and the cause).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: '{path}'.")
+    if path.endswith(_NIFTI_SUFFIXES):
+        try:
+            nib.load(path).header.get_data_shape()
+        except Exception as error:
+            raise ValueError(f"unreadable NIfTI file '{path}': {error}") from error
+
+
+def load_datalist(
+    datalist: str,
+    dataset_dir: str | None = None,
+    key: str = "training",
+    file_keys: Sequence[str] = ("image",),
+    modalities: Sequence[str] | None = DEFAULT_MODALITIES,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
+    """
+    Read one list of a JSON data list (``{"training": [{"image": path, "modality": name}, ...], ...}``),
+    resolve relative paths against ``dataset_dir`` and check every entry, so that bad input fails before
+    training with a message naming the data list, the entry and the problem.
+
+    Args:
+        datalist: path of the JSON data list.
+        dataset_dir: directory relative paths are resolved against (default: the data list's directory).
+        key: the list to read ("training", "validation", "test", ...).
+        file_keys: entry keys holding file paths.
+        modalities: known modality names; each entry's ``modality`` (or, if absent, the modality inferred
+            from its file name) must be one of them. None skips the check.
+        check_files: check that every file exists and that NIfTI headers are readable.
+
+    Returns:
+        the entries, with absolute paths.
+    """
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"data list not found: '{datalist}'.")
+    try:
+        with open(datalist) as f:
+            content = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"data list '{datalist}' is not valid JSON: {error}") from error
+    if not isinstance(content, dict) or key not in content:
+        found = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ValueError(f"data list '{datalist}' has no '{key}' list (found: {found}).")
+    entries = content[key]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"the '{key}' list of data list '{datalist}' is empty: nothing to {key.rstrip('ing')}.")
+    base = dataset_dir if dataset_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    known = None if modalities is None else [canonical_modality(m) for m in modalities]
+    resolved = []
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {file_keys[0]: entry}
+        item = dict(entry)
+        for file_key in file_keys:
+            if file_key not in item:
+                raise ValueError(f"entry {index} of '{key}' in data list '{datalist}' has no '{file_key}'.")
+            item[file_key] = os.path.abspath(os.path.join(base, os.path.expanduser(str(item[file_key]))))
+            if check_files:
+                check_image_file(item[file_key])
+        if known is not None:
+            source = item[file_keys[0]]
+            name = canonical_modality(str(item["modality"])) if item.get("modality") else infer_modality(source, known)
+            if name not in known:
+                raise ValueError(f"unknown modality '{item['modality']}' for '{source}' in data list '{datalist}'; known: {known}.")
+        resolved.append(item)
+    return resolved

@@ -1,0 +1,3 @@
+"""Engine pieces of the DAE pretext."""
+
+from monai_dae.engines.prepare_batch import DAEPrepareBatch

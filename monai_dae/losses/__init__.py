@@ -1,0 +1,3 @@
+"""Losses of the DAE pretext."""
+
+from monai_dae.losses.contrastive import CrossModalContrastiveLoss, DAELoss, gather_with_grad

@@ -1,0 +1,3 @@
+"""Networks of the DAE pretext."""
+
+from monai_dae.networks.dae_swin_unetr import BACKBONE_EXCLUDED_PREFIXES, DAESwinUNETR, use_conv_stem

@@ -1,0 +1,26 @@
+"""Transforms of the DAE pretext: low-level disruptions, local masking and modality handling."""
+
+from monai_dae.transforms.array import (
+    LocalMasking,
+    RandAdditiveGaussianNoise,
+    RandDAEDisruption,
+    RandLowResolution,
+    device_generator,
+    simulate_low_resolution,
+)
+from monai_dae.transforms.dictionary import (
+    RandAdditiveGaussianNoised,
+    RandAdditiveGaussianNoiseD,
+    RandDAEDisruptiond,
+    RandDAEDisruptionD,
+    RandLowResolutiond,
+    RandLowResolutionD,
+)
+from monai_dae.transforms.modality import (
+    DEFAULT_MODALITIES,
+    MODALITY_ALIASES,
+    ModalityLabeld,
+    NormalizeByModalityd,
+    canonical_modality,
+    infer_modality,
+)

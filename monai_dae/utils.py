@@ -1,0 +1,74 @@
+"""Small helpers used by the bundle configs."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["bundle_dir", "latest_checkpoint", "amp_dtype", "is_secondary_rank"]
+
+
+def bundle_dir(name: str) -> str:
+    """
+    Default ``bundle_root`` of a bundle of this collection: the bundle folder itself when ``monai_dae`` is
+    vendored inside it (an exported Model Zoo bundle), else ``bundles/<name>`` of the checkout ``monai_dae``
+    was installed from, else the current directory. Pass ``--bundle_root`` to use another copy.
+
+    Args:
+        name: bundle folder name, e.g. "dae_pretrain".
+
+    Returns:
+        the absolute bundle root.
+    """
+    package_parent = Path(__file__).resolve().parents[1]
+    if (package_parent / "configs" / "metadata.json").is_file():
+        return str(package_parent)
+    candidate = package_parent / "bundles" / name
+    return str(candidate) if candidate.is_dir() else os.getcwd()
+
+
+def latest_checkpoint(directory: str, pattern: str = "checkpoint*.pt") -> str | None:
+    """
+    The most recently written checkpoint of a directory, to resume a run.
+
+    Args:
+        directory: checkpoint directory.
+        pattern: file name pattern of resumable checkpoints.
+
+    Returns:
+        its path, or None when there is none.
+    """
+    files = glob.glob(os.path.join(directory, pattern))
+    return max(files, key=os.path.getmtime) if files else None
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype:
+    """
+    Autocast dtype of a device: bfloat16 where supported (no loss scaling needed), else float16.
+
+    Args:
+        device: the training device.
+
+    Returns:
+        the dtype.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def is_secondary_rank() -> bool:
+    """
+    Whether this process is a non-zero rank of an initialised torch.distributed group; configs disable
+    checkpoint, log and preview handlers on those ranks.
+
+    Returns:
+        True on ranks other than 0.
+    """
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0
