@@ -133,6 +133,7 @@ class ReconstructionPreviewHandler:
         epoch_level: one preview per ``interval`` epochs; False: one per sample of every iteration.
         log_dir: TensorBoard log directory, or None for PNG files only.
         prefix: file name prefix.
+        name_key: batch key whose ``filename_or_obj`` metadata names the iteration-level previews.
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class ReconstructionPreviewHandler:
         epoch_level: bool = True,
         log_dir: str | None = None,
         prefix: str = "preview",
+        name_key: str = "image",
     ) -> None:
         self.output_dir = output_dir
         self.panels = dict(panels or {"clean": "label", "disrupted": "image", "reconstructed": "pred"})
@@ -150,6 +152,7 @@ class ReconstructionPreviewHandler:
         self.epoch_level = epoch_level
         self.log_dir = log_dir
         self.prefix = prefix
+        self.name_key = name_key
         self._writer = None
         self._captured: list[np.ndarray] | None = None
         self.written: list[str] = []
@@ -175,7 +178,8 @@ class ReconstructionPreviewHandler:
             return
         keys = list(self.panels.values())
         images = output[keys[0]]
-        names = images.meta.get("filename_or_obj") if hasattr(images, "meta") else None
+        source = engine.state.batch.get(self.name_key) if isinstance(engine.state.batch, dict) else None
+        names = source.meta.get("filename_or_obj") if hasattr(source, "meta") else None
         for index in range(len(images)):
             name = os.path.basename(str(names[index])).split(".")[0] if names else f"sample{engine.state.iteration}_{index}"
             self._write([_volume(output[k], index) for k in keys], name, engine.state.iteration)
