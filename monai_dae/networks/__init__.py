@@ -1,3 +1,4 @@
 """Networks of the DAE pretext."""
 
 from monai_dae.networks.dae_swin_unetr import BACKBONE_EXCLUDED_PREFIXES, DAESwinUNETR, use_conv_stem
+from monai_dae.networks.classifier import SwinClassifier

@@ -1,0 +1,213 @@
+"""Classification reports: per-subject probabilities, confusion matrix and summary metrics of an evaluator run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["binary_roc_auc", "classification_metrics", "ClassificationReport"]
+
+logger = logging.getLogger(__name__)
+
+
+def binary_roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """
+    ROC AUC as the Mann-Whitney statistic: the probability that a random positive scores higher than a random
+    negative, ties counting one half.
+
+    Args:
+        scores: scores (N,).
+        positives: booleans (N,).
+
+    Returns:
+        the AUC, or NaN when one of the two groups is empty.
+    """
+    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
+    num_pos, num_neg = int(positives.sum()), int((~positives).sum())
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    start = 0
+    while start < len(scores):  # average ranks over ties
+        stop = start
+        while stop + 1 < len(scores) and sorted_scores[stop + 1] == sorted_scores[start]:
+            stop += 1
+        ranks[order[start : stop + 1]] = (start + stop) / 2.0 + 1.0
+        start = stop + 1
+    return float((ranks[positives].sum() - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+
+
+def classification_metrics(labels: Sequence[int], probabilities: np.ndarray) -> dict[str, Any]:
+    """
+    Accuracy, balanced accuracy (mean per-class recall), ROC AUC (binary: of class 1; more classes: macro
+    one-vs-rest mean over the classes present) and the confusion matrix.
+
+    Args:
+        labels: true class indices (N,).
+        probabilities: class probabilities (N, C).
+
+    Returns:
+        ``{"accuracy", "balanced_accuracy", "auc", "recall": per class, "confusion_matrix": C x C list (rows:
+        true class, columns: predicted class), "num_subjects"}``; undefined values are NaN.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(axis=1)
+    recall = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
+    if num_classes == 2:
+        auc = binary_roc_auc(probabilities[:, 1], labels == 1)
+    else:
+        per_class = [binary_roc_auc(probabilities[:, c], labels == c) for c in range(num_classes)]
+        auc = float(np.nanmean(per_class)) if not np.isnan(per_class).all() else float("nan")
+    return {
+        "num_subjects": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
+        "balanced_accuracy": float(np.nanmean(recall)) if not np.isnan(recall).all() else float("nan"),
+        "auc": auc,
+        "recall": [float(r) for r in recall],
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def _gather(items: list) -> list:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+class ClassificationReport:
+    """
+    Collect the class probabilities of every subject during an evaluator run and, when the run ends, write
+
+    - ``<prefix>predictions.csv``: ``subject, label, predicted, prob_<class>...`` (label empty when unknown);
+    - with ``with_metrics`` and known labels: ``<prefix>confusion_matrix.csv`` (rows: true class, columns:
+      predicted class) and ``<prefix>metrics.json`` (accuracy, balanced accuracy, ROC AUC, per-class recall,
+      confusion matrix), and log the metrics.
+
+    Works with batched (``decollate=False``) and decollated engine outputs; under torch.distributed the rows of
+    all ranks are gathered and rank 0 writes the files. Duplicate subjects (from an evenly divisible
+    distributed sampler) are written once.
+
+    Args:
+        output_dir: folder of the files (created).
+        class_names: class names in label order.
+        pred_key: key of the logits in the engine output.
+        label_key: key of the class index in the batch (-1: unknown).
+        subject_key: key of the subject id in the batch.
+        prefix: file name prefix.
+        with_metrics: also write the confusion matrix and the metrics when labels are known.
+        activation: "softmax" (the output holds logits) or "none" (it holds probabilities).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str],
+        pred_key: str = "pred",
+        label_key: str = "label",
+        subject_key: str = "subject",
+        prefix: str = "",
+        with_metrics: bool = True,
+        activation: str = "softmax",
+    ) -> None:
+        if activation not in ("softmax", "none"):
+            raise ValueError(f"activation must be 'softmax' or 'none', got '{activation}'.")
+        self.output_dir = output_dir
+        self.class_names = list(class_names)
+        self.pred_key = pred_key
+        self.label_key = label_key
+        self.subject_key = subject_key
+        self.prefix = prefix
+        self.with_metrics = with_metrics
+        self.activation = activation
+        self.rows: list[tuple[str, int, list[float]]] = []
+        self.metrics: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows = []
+
+    def _batched(self, value: Any) -> torch.Tensor:
+        if isinstance(value, (list, tuple)):
+            return torch.stack([torch.as_tensor(v) for v in value])
+        return torch.as_tensor(value)
+
+    def collect(self, engine: Engine) -> None:
+        output, batch = engine.state.output, engine.state.batch
+        if isinstance(output, (list, tuple)):  # decollated
+            logits = self._batched([o[self.pred_key] for o in output])
+        else:
+            logits = self._batched(output[self.pred_key])
+        logits = logits.detach().float().reshape(logits.shape[0], -1).cpu()
+        probabilities = torch.softmax(logits, dim=1) if self.activation == "softmax" else logits
+        subjects = batch.get(self.subject_key) if isinstance(batch, dict) else None
+        if subjects is None:
+            subjects = [f"{engine.state.iteration}_{i}" for i in range(len(probabilities))]
+        subjects = [subjects] if isinstance(subjects, str) else list(subjects)
+        labels = batch.get(self.label_key) if isinstance(batch, dict) else None
+        labels = [-1] * len(subjects) if labels is None else torch.as_tensor(labels).reshape(-1).tolist()
+        for subject, label, row in zip(subjects, labels, probabilities.tolist()):
+            self.rows.append((str(subject), int(label), row))
+
+    def write(self, engine: Engine | None = None) -> None:
+        rows = _gather(self.rows)
+        unique: dict[str, tuple[str, int, list[float]]] = {}
+        for row in rows:
+            unique.setdefault(row[0], row)
+        rows = list(unique.values())
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, f"{self.prefix}predictions.csv")
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["subject", "label", "predicted", *(f"prob_{c}" for c in self.class_names)])
+            for subject, label, probabilities in rows:
+                known = 0 <= label < len(self.class_names)
+                predicted = self.class_names[int(np.argmax(probabilities))]
+                writer.writerow(
+                    [subject, self.class_names[label] if known else "", predicted, *(f"{p:.6f}" for p in probabilities)]
+                )
+        logger.info(f"wrote the probabilities of {len(rows)} subjects to {path}")
+        labelled = [(label, probabilities) for _, label, probabilities in rows if label >= 0]
+        if not self.with_metrics or not labelled:
+            return
+        labels = [label for label, _ in labelled]
+        self.metrics = classification_metrics(labels, np.asarray([p for _, p in labelled]))
+        self.metrics["class_names"] = self.class_names
+        with open(os.path.join(self.output_dir, f"{self.prefix}metrics.json"), "w") as f:
+            json.dump(self.metrics, f, indent=4)
+        with open(os.path.join(self.output_dir, f"{self.prefix}confusion_matrix.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["true \\ predicted", *self.class_names])
+            for name, counts in zip(self.class_names, self.metrics["confusion_matrix"]):
+                writer.writerow([name, *counts])
+        logger.info(
+            f"{len(labels)} subjects: accuracy {self.metrics['accuracy']:.4f}, balanced accuracy "
+            f"{self.metrics['balanced_accuracy']:.4f}, AUC {self.metrics['auc']:.4f}, confusion matrix "
+            f"{self.metrics['confusion_matrix']} (rows: true {self.class_names})"
+        )
