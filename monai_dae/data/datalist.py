@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 
 from monai_dae.modalities import DEFAULT_MODALITIES, canonical_modality, infer_modality
 
@@ -16,24 +17,33 @@ __all__ = ["load_datalist", "check_image_file"]
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def check_image_file(path: str) -> None:
+def check_image_file(path: str, channels: int | None = 1) -> None:
     """
-    Check that an image file exists and, for NIfTI, that its header is readable.
+    Check that an image file exists and, for NIfTI, that its header is readable and that it holds a 3-D
+    volume with the expected number of channels (dimensions after the third, as NIfTI stores them).
 
     Args:
         path: image path.
+        channels: expected channel count; None skips the shape check.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the NIfTI header cannot be read (the message names the file and the cause).
+        ValueError: the NIfTI header cannot be read, or the volume is not 3-D with ``channels`` channels (the
+            message names the file and the cause).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: '{path}'.")
-    if path.endswith(_NIFTI_SUFFIXES):
-        try:
-            nib.load(path).header.get_data_shape()
-        except Exception as error:
-            raise ValueError(f"unreadable NIfTI file '{path}': {error}") from error
+    if not path.endswith(_NIFTI_SUFFIXES):
+        return
+    try:
+        shape = nib.load(path).header.get_data_shape()
+    except Exception as error:
+        raise ValueError(f"unreadable NIfTI file '{path}': {error}") from error
+    if channels is None:
+        return
+    found = int(np.prod(shape[3:])) if len(shape) > 3 else 1
+    if len(shape) < 3 or found != channels:
+        raise ValueError(f"wrong channel count in '{path}': shape {tuple(shape)} holds {found} channel(s) of a 3-D volume, expected {channels}.")
 
 
 def load_datalist(
@@ -43,6 +53,7 @@ def load_datalist(
     file_keys: Sequence[str] = ("image",),
     modalities: Sequence[str] | None = DEFAULT_MODALITIES,
     check_files: bool = True,
+    channels: int | None = 1,
 ) -> list[dict[str, Any]]:
     """
     Read one list of a JSON data list (``{"training": [{"image": path, "modality": name}, ...], ...}``),
@@ -57,6 +68,7 @@ def load_datalist(
         modalities: known modality names; each entry's ``modality`` (or, if absent, the modality inferred
             from its file name) must be one of them. None skips the check.
         check_files: check that every file exists and that NIfTI headers are readable.
+        channels: channels each NIfTI file must hold (None: any); see :py:func:`check_image_file`.
 
     Returns:
         the entries, with absolute paths.
@@ -73,7 +85,7 @@ def load_datalist(
         raise ValueError(f"data list '{datalist}' has no '{key}' list (found: {found}).")
     entries = content[key]
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"the '{key}' list of data list '{datalist}' is empty: nothing to {key.rstrip('ing')}.")
+        raise ValueError(f"the '{key}' list of data list '{datalist}' is empty: it needs at least one entry.")
     base = dataset_dir if dataset_dir is not None else os.path.dirname(os.path.abspath(datalist))
     known = None if modalities is None else [canonical_modality(m) for m in modalities]
     resolved = []
@@ -86,7 +98,7 @@ def load_datalist(
                 raise ValueError(f"entry {index} of '{key}' in data list '{datalist}' has no '{file_key}'.")
             item[file_key] = os.path.abspath(os.path.join(base, os.path.expanduser(str(item[file_key]))))
             if check_files:
-                check_image_file(item[file_key])
+                check_image_file(item[file_key], channels)
         if known is not None:
             source = item[file_keys[0]]
             name = canonical_modality(str(item["modality"])) if item.get("modality") else infer_modality(source, known)

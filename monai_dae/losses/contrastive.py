@@ -103,7 +103,10 @@ class CrossModalContrastiveLoss(_Loss):
         if self.gather_distributed:
             features, labels = gather_with_grad(features), _gather_labels(labels)
         with torch.autocast(device_type=features.device.type, enabled=False):
-            z = F.normalize(features.float(), dim=1)
+            z = features.float()
+            # rescale each row by its largest magnitude first (the direction is unchanged, and so is the
+            # gradient): the squared norm of rows above ~1e19 would overflow float32 and zero the features
+            z = F.normalize(z / z.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-30), dim=1)
             logits = z @ z.t() / self.temperature
             eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
             same = labels[:, None] == labels[None, :]

@@ -1,0 +1,352 @@
+"""Tests for the DAE ignite handlers (monai_dae.handlers) and the data list loader (monai_dae.data)."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
+from monai.engines.utils import IterationEvents
+from PIL import Image
+
+from monai_dae.data import check_image_file, load_datalist
+from monai_dae.handlers import (
+    LossComponentsHandler,
+    ReconstructionPreviewHandler,
+    SetRandomStateHandler,
+    preview_grid,
+    scalars_from_output,
+)
+from monai_dae.losses import DAELoss
+from monai_dae.transforms import RandAdditiveGaussianNoise
+
+# --------------------------------------------------------------------------------------------------------------
+# scalars_from_output and LossComponentsHandler
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_scalars_from_output_picks_present_keys():
+    transform = scalars_from_output(["loss", "loss_l1", "loss_cmcl"])
+    output = {"loss": torch.tensor(1.5, requires_grad=True), "loss_l1": torch.tensor(0.25), "pred": torch.zeros(2)}
+    scalars = transform(output)
+    assert scalars == {"loss": 1.5, "loss_l1": 0.25}
+    assert all(type(v) is float for v in scalars.values())
+    # a decollated output (list of dicts): the first item
+    assert transform([{"loss": 2.0, "loss_cmcl": 3}, {"loss": 9.0}]) == {"loss": 2.0, "loss_cmcl": 3.0}
+    assert transform({}) == {}
+
+
+def _engine_with_iteration_events(process) -> Engine:
+    engine = Engine(process)
+    engine.register_events(*IterationEvents, event_to_attr={})
+    return engine
+
+
+def test_loss_components_handler_copies_components_into_output():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 0, 1])
+
+    def process(engine, batch):
+        reconstruction, clean, embedding = batch
+        loss = engine.loss_function((reconstruction, embedding), (clean, labels))
+        engine.state.output = {"loss": loss.detach()}
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        return engine.state.output
+
+    engine = _engine_with_iteration_events(process)
+    engine.loss_function = DAELoss(cmcl_weight=0.5, temperature=0.1)
+    LossComponentsHandler().attach(engine)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output)))
+    data = [(torch.randn(4, 1, 4, 4, 4), torch.randn(4, 1, 4, 4, 4), torch.randn(4, 8)) for _ in range(3)]
+    engine.run(data, max_epochs=1)
+
+    assert len(seen) == 3
+    for output, (reconstruction, clean, embedding) in zip(seen, data):
+        assert set(output) == {"loss", "loss_l1", "loss_cmcl"}
+        l1 = (reconstruction - clean).abs().mean()
+        assert output["loss_l1"].item() == pytest.approx(l1.item(), rel=1e-6)
+        assert output["loss"].item() == pytest.approx(l1.item() + 0.5 * output["loss_cmcl"].item(), rel=1e-6)
+    # what StatsHandler / TensorBoard / MLflow receive
+    scalars = scalars_from_output(["loss", "loss_l1", "loss_cmcl"])(seen[-1])
+    assert set(scalars) == {"loss", "loss_l1", "loss_cmcl"}
+
+
+def test_loss_components_handler_without_components():
+    def process(engine, batch):
+        engine.state.output = {"loss": torch.tensor(1.0)}
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        return engine.state.output
+
+    engine = _engine_with_iteration_events(process)
+    engine.loss_function = torch.nn.L1Loss()
+    LossComponentsHandler().attach(engine)
+    engine.run([0], max_epochs=1)
+    assert set(engine.state.output) == {"loss"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SetRandomStateHandler
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _noise_outputs(with_handler: bool, epochs: int = 3) -> list[list[torch.Tensor]]:
+    noise = RandAdditiveGaussianNoise(variance=0.1)
+    x = torch.zeros(1, 4, 4, 4)
+    engine = Engine(lambda e, batch: noise(x))
+    if with_handler:
+        SetRandomStateHandler(noise, seed=3).attach(engine)
+    outputs: list[list[torch.Tensor]] = []
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: outputs.append([]))
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs[-1].append(e.state.output.clone()))
+    engine.run([0, 1], max_epochs=epochs)
+    return outputs
+
+
+def test_set_random_state_handler_gives_same_draws_every_epoch():
+    outputs = _noise_outputs(with_handler=True)
+    assert len(outputs) == 3 and all(len(epoch) == 2 for epoch in outputs)
+    for epoch in outputs[1:]:
+        for a, b in zip(outputs[0], epoch):
+            assert torch.equal(a, b)
+    # still random within an epoch
+    assert not torch.equal(outputs[0][0], outputs[0][1])
+    # and the first draw is the one of a freshly seeded transform
+    expected = RandAdditiveGaussianNoise(variance=0.1).set_random_state(3)(torch.zeros(1, 4, 4, 4))
+    assert torch.equal(outputs[0][0], expected)
+
+
+def test_without_set_random_state_handler_epochs_differ():
+    outputs = _noise_outputs(with_handler=False, epochs=2)
+    assert not torch.equal(outputs[0][0], outputs[1][0])
+
+
+def test_set_random_state_handler_accepts_a_list():
+    a, b = RandAdditiveGaussianNoise(), RandAdditiveGaussianNoise()
+    handler = SetRandomStateHandler([a, b], seed=5)
+    handler(None)
+    x = torch.zeros(1, 4, 4, 4)
+    assert torch.equal(a(x), b(x))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# preview_grid and ReconstructionPreviewHandler
+# --------------------------------------------------------------------------------------------------------------
+
+VOLUME_SHAPE = (8, 10, 12)  # planes 8x10 (axial), 8x12 (coronal), 10x12 (sagittal): tiles of 12x12
+
+
+def test_preview_grid_shape_and_dtype():
+    rng = np.random.default_rng(0)
+    volumes = [rng.normal(size=VOLUME_SHAPE).astype(np.float32) for _ in range(3)]
+    grid = preview_grid(volumes)
+    assert grid.dtype == np.uint8
+    assert grid.shape == (3 * 12, 3 * 12)  # rows: 3 planes; columns: 3 volumes
+    assert grid.min() == 0 and grid.max() == 255  # percentile scaling of the first volume, clipped
+
+
+def test_preview_grid_display_range_and_planes():
+    ones = np.ones(VOLUME_SHAPE, np.float32)
+    grid = preview_grid([ones, 0.5 * ones], display_range=(0.0, 1.0))
+    assert grid.shape == (36, 24)
+    left, right = grid[:, :12], grid[:, 12:]
+    # each tile holds its plane, rotated, padded with zeros: 8*10 + 8*12 + 10*12 pixels per column
+    assert int((left == 255).sum()) == 8 * 10 + 8 * 12 + 10 * 12
+    assert int((right == 127).sum()) == 8 * 10 + 8 * 12 + 10 * 12
+    assert int((left == 0).sum()) == 36 * 12 - (8 * 10 + 8 * 12 + 10 * 12)
+    # the axial tile shows a rotated 8x10 plane: 10 rows, 8 columns
+    axial = left[:12]
+    assert np.argwhere(axial == 255).max(axis=0).tolist() == [9, 7]
+
+
+def _preview_batches(num: int, batch: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(num):
+        clean = torch.rand(batch, 1, *VOLUME_SHAPE, generator=generator)
+        disrupted = clean + 0.3 * torch.randn(batch, 1, *VOLUME_SHAPE, generator=generator)
+        batches.append({"label": (clean, torch.zeros(batch)), "image": disrupted, "pred": (clean * 0.9, torch.zeros(batch, 4))})
+    return batches
+
+
+def _preview_engine(handler: ReconstructionPreviewHandler) -> Engine:
+    def process(engine, batch):
+        engine.state.output = dict(batch)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        return engine.state.output
+
+    engine = _engine_with_iteration_events(process)
+    handler.attach(engine)
+    return engine
+
+
+def test_preview_handler_writes_epoch_pngs(tmp_path):
+    out_dir = tmp_path / "previews"
+    handler = ReconstructionPreviewHandler(str(out_dir), interval=2, log_dir=str(tmp_path / "tb"))
+    batches = _preview_batches(3)
+    _preview_engine(handler).run(batches, max_epochs=4)
+
+    files = sorted(glob.glob(str(out_dir / "*.png")))
+    assert [os.path.basename(f) for f in files] == ["preview_epoch0002.png", "preview_epoch0004.png"]
+    assert handler.written == [str(out_dir / "preview_epoch0002.png"), str(out_dir / "preview_epoch0004.png")]
+    first = batches[0]
+    expected = preview_grid([first["label"][0][0, 0].numpy(), first["image"][0, 0].numpy(), first["pred"][0][0, 0].numpy()])
+    for path in files:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.mode == "L"
+            assert image.size == (3 * 12, 3 * 12)  # clean | disrupted | reconstructed, three planes
+            # the first sample of the first batch of the epoch, so successive previews show the same case
+            assert np.array_equal(np.asarray(image), expected)
+    assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+
+
+def test_preview_handler_iteration_level_names_files_after_sources(tmp_path):
+    handler = ReconstructionPreviewHandler(str(tmp_path), epoch_level=False, prefix="recon",
+                                           panels={"disrupted": "image", "reconstructed": "pred"})
+    batch = _preview_batches(1)[0]
+    batch["image"] = MetaTensor(batch["image"], meta={"filename_or_obj": ["/data/case_a.nii.gz", "/data/case_b.nii.gz"]})
+    _preview_engine(handler).run([batch], max_epochs=1)
+    assert sorted(os.listdir(tmp_path)) == ["recon_case_a.png", "recon_case_b.png"]
+    for name in ("recon_case_a.png", "recon_case_b.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (2 * 12, 3 * 12)
+
+
+def test_preview_handler_iteration_level_without_names(tmp_path):
+    handler = ReconstructionPreviewHandler(str(tmp_path / "p"), epoch_level=False)
+    _preview_engine(handler).run(_preview_batches(2), max_epochs=1)
+    assert sorted(os.listdir(tmp_path / "p")) == [
+        "preview_sample1_0.png", "preview_sample1_1.png", "preview_sample2_0.png", "preview_sample2_1.png"
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# load_datalist
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _write_nifti(path, shape=(6, 6, 6)) -> str:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), str(path))
+    return str(path)
+
+
+def _write_datalist(path, content) -> str:
+    with open(path, "w") as f:
+        json.dump(content, f)
+    return str(path)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    data_dir = tmp_path / "data"
+    _write_nifti(data_dir / "ct" / "lung_001.nii.gz")
+    _write_nifti(data_dir / "brats" / "BraTS_001_t1ce.nii.gz")
+    _write_nifti(data_dir / "brats" / "BraTS_001_t1.nii")
+    return data_dir
+
+
+def test_load_datalist_resolves_relative_paths_against_dataset_dir(tmp_path, dataset):
+    datalist = _write_datalist(tmp_path / "list.json", {
+        "training": [{"image": "ct/lung_001.nii.gz", "modality": "CT"}, {"image": "brats/BraTS_001_t1ce.nii.gz"}],
+        "validation": [{"image": str(dataset / "brats" / "BraTS_001_t1.nii"), "modality": "t1"}],
+    })
+    training = load_datalist(datalist, dataset_dir=str(dataset))
+    assert [e["image"] for e in training] == [str(dataset / "ct" / "lung_001.nii.gz"),
+                                             str(dataset / "brats" / "BraTS_001_t1ce.nii.gz")]
+    assert training[0]["modality"] == "CT"  # entries are kept; ModalityLabeld canonicalises later
+    validation = load_datalist(datalist, dataset_dir=str(dataset), key="validation")
+    assert validation[0]["image"] == str(dataset / "brats" / "BraTS_001_t1.nii")  # absolute paths stay
+
+
+def test_load_datalist_defaults_to_the_datalist_directory(dataset):
+    datalist = _write_datalist(dataset / "list.json", {"training": [{"image": "ct/lung_001.nii.gz", "modality": "ct"}]})
+    assert load_datalist(datalist)[0]["image"] == str(dataset / "ct" / "lung_001.nii.gz")
+
+
+def test_load_datalist_missing_datalist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        load_datalist(str(tmp_path / "nowhere.json"))
+
+
+def test_load_datalist_missing_image_names_file(tmp_path, dataset):
+    datalist = _write_datalist(tmp_path / "list.json", {"training": [{"image": "ct/lung_404.nii.gz", "modality": "ct"}]})
+    with pytest.raises(FileNotFoundError) as error:
+        load_datalist(datalist, dataset_dir=str(dataset))
+    assert str(dataset / "ct" / "lung_404.nii.gz") in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["training", "validation"])
+def test_load_datalist_empty_list(tmp_path, key):
+    datalist = _write_datalist(tmp_path / "list.json", {"training": [], "validation": []})
+    with pytest.raises(ValueError, match="empty") as error:
+        load_datalist(datalist, key=key)
+    message = str(error.value)
+    assert str(tmp_path / "list.json") in message and f"'{key}' list" in message
+    assert "validatio." not in message  # the key name is not mangled
+
+
+def test_load_datalist_missing_key_and_bad_json(tmp_path):
+    datalist = _write_datalist(tmp_path / "list.json", {"validation": [{"image": "a.nii.gz"}]})
+    with pytest.raises(ValueError, match="training") as error:
+        load_datalist(datalist)
+    assert "validation" in str(error.value)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_datalist(str(bad))
+
+
+def test_load_datalist_unknown_modality_names_file(tmp_path, dataset):
+    datalist = _write_datalist(tmp_path / "list.json", {"training": [{"image": "ct/lung_001.nii.gz", "modality": "pet"}]})
+    with pytest.raises(ValueError) as error:
+        load_datalist(datalist, dataset_dir=str(dataset))
+    assert "pet" in str(error.value) and "lung_001.nii.gz" in str(error.value)
+    # an extended modality list accepts it
+    assert load_datalist(datalist, dataset_dir=str(dataset), modalities=("ct", "pet"))[0]["modality"] == "pet"
+
+
+def test_load_datalist_uninferable_modality_names_file(tmp_path, dataset):
+    _write_nifti(dataset / "scan_007.nii.gz")
+    datalist = _write_datalist(tmp_path / "list.json", {"training": [{"image": "scan_007.nii.gz"}]})
+    with pytest.raises(ValueError, match="scan_007.nii.gz"):
+        load_datalist(datalist, dataset_dir=str(dataset))
+    # modality inference keeps t1ce apart from t1
+    ok = _write_datalist(tmp_path / "ok.json", {"training": [{"image": "brats/BraTS_001_t1ce.nii.gz"}]})
+    assert load_datalist(ok, dataset_dir=str(dataset))[0]["image"].endswith("BraTS_001_t1ce.nii.gz")
+
+
+@pytest.mark.parametrize(
+    "payload", [b"this is not a NIfTI file" * 20, gzip.compress(b"\x00" * 100, mtime=0), b""],
+    ids=["text", "gzipped-zeros", "empty"],
+)
+def test_load_datalist_corrupt_nifti_names_file(tmp_path, dataset, payload):
+    corrupt = dataset / "ct" / "broken_ct.nii.gz"
+    corrupt.write_bytes(payload)
+    datalist = _write_datalist(tmp_path / "list.json", {"training": [{"image": "ct/broken_ct.nii.gz", "modality": "ct"}]})
+    with pytest.raises(ValueError, match="unreadable NIfTI") as error:
+        load_datalist(datalist, dataset_dir=str(dataset))
+    assert str(corrupt) in str(error.value)
+    with pytest.raises(ValueError, match="broken_ct.nii.gz"):
+        check_image_file(str(corrupt))
+    # check_files=False skips the file checks
+    assert load_datalist(datalist, dataset_dir=str(dataset), check_files=False)[0]["image"] == str(corrupt)
+
+
+def test_load_datalist_entry_without_image(tmp_path, dataset):
+    datalist = _write_datalist(tmp_path / "list.json", {"training": [{"label": "x.nii.gz", "modality": "ct"}]})
+    with pytest.raises(ValueError, match="image"):
+        load_datalist(datalist, dataset_dir=str(dataset))
+
+
+def test_check_image_file_accepts_valid_nifti(dataset):
+    check_image_file(str(dataset / "ct" / "lung_001.nii.gz"))
+    with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
+        check_image_file(str(dataset / "missing.nii.gz"))
