@@ -28,7 +28,7 @@ def scalars_from_output(keys: Sequence[str]) -> Callable[[Any], dict[str, float]
 
     def _transform(output: Any) -> dict[str, float]:
         item = output[0] if isinstance(output, list) else output
-        return {k: float(item[k]) for k in keys if k in item}
+        return {k: float(item[k].detach() if isinstance(item[k], torch.Tensor) else item[k]) for k in keys if k in item}
 
     return _transform
 

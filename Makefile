@@ -1,0 +1,43 @@
+# Two commands a user needs: `make demo` (pretrain DAE on the generated sample data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SAMPLE_DIR ?= data/sample
+DEMO_DIR ?= runs/demo
+BUNDLE := bundles/dae_pretrain
+# Demo settings: small and fast on a CPU, the paper's crop and network size when a GPU is present.
+DEMO_CPU_ARGS ?= --roi_size "[64,64,64]" --feature_size 12 --max_epochs 3 --num_workers 2
+DEMO_GPU_ARGS ?= --roi_size "[96,96,96]" --feature_size 48 --max_epochs 20 --num_workers 0
+
+.PHONY: install test demo sample-data clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+sample-data: install
+	$(PY) tools/sample_data.py --output_dir $(SAMPLE_DIR)
+
+demo: sample-data
+	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		args='$(DEMO_GPU_ARGS)'; echo "GPU found: pretraining at 96^3, feature size 48"; \
+	else \
+		args='$(DEMO_CPU_ARGS)'; echo "No GPU: pretraining at 64^3, feature size 12 (CPU demo settings)"; \
+	fi; \
+	eval $(PY) -m monai.bundle run training --config_file $(BUNDLE)/configs/train.json \
+		--dataset_dir $(SAMPLE_DIR) --output_dir $(DEMO_DIR) --ckpt_dir $(DEMO_DIR)/models $$args \
+	&& echo "" \
+	&& echo "Best model (by validation L1): $(DEMO_DIR)/models/model.pt" \
+	&& echo "Resumable checkpoints:         $(DEMO_DIR)/checkpoints/" \
+	&& echo "Reconstruction previews:       $$(ls -d $(DEMO_DIR)/previews/* | tail -1)" \
+	&& echo "TensorBoard:                   $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/tensorboard --host 127.0.0.1"
+
+clean:
+	rm -rf $(DEMO_DIR) $(SAMPLE_DIR)
