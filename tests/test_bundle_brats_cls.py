@@ -261,6 +261,35 @@ def test_linear_probe_keeps_the_encoder_and_resumes(sample, pretrained_path, tmp
     assert started == [2] and trainer.state.iteration == 4  # epoch 1 came from the checkpoint
 
 
+def _cli_overrides(values: dict) -> list[str]:
+    """Command-line overrides as ``python -m monai.bundle`` (fire) parses them: Python literals."""
+    return [f"--{k}={v if isinstance(v, str) else repr(v)}" for k, v in values.items()]
+
+
+def _cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_cli_training_with_mlflow_tracking(sample, tmp_path):
+    store = tmp_path / "mlflow.db"
+    overrides = {k: v for k, v in {**TINY, **sample}.items() if k not in ("device", "amp")}
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--meta_file", META,
+        "--bundle_root", str(tmp_path), "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{store}",
+        "--experiment_name", "brats_cls_test", *_cli_overrides(overrides),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Iteration" not in result.stderr + result.stdout  # --progress_bar=False reached the config as False
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("brats_cls_test").experiment_id])
+    assert len(runs) == 1
+    assert {"train_loss", "val_auc", "val_accuracy", "val_balanced_accuracy"} <= set(runs[0].data.metrics)
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path):
     overrides = {k: v for k, v in {**TINY, **sample}.items() if k not in ("device", "amp")}
@@ -280,10 +309,9 @@ def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path)
         META,
         "--bundle_root",
         str(tmp_path),
-        *[f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()],
+        *_cli_overrides(overrides),
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved from the unwrapped network
