@@ -9,7 +9,7 @@ Sections (``--only`` takes a comma-separated subset):
   baseline) and of this project's step (:py:class:`OursStep`) with each lever on its own and all together.
 - ``flops``: model FLOPs of one training step (forward + backward, ``torch.utils.flop_counter.FlopCounterMode``)
   and the achieved fraction of the measured matmul rate (bf16; fp32 too on a CPU); peak memory per config.
-- ``scaling``: samples per second at batch 2, 4, 8 (GPU; also on the CPU in ``--quick`` mode).
+- ``scaling``: samples per second at batch 2, 4, 8 (GPU only).
 - ``pipeline``: the real input pipeline of the ``dae_pretrain`` bundle (NIfTI from disk, CacheDataset, crops,
   ThreadDataLoader, disruptions in ``prepare_batch``) against what training consumes.
 - ``inference``: sliding-window inference seconds per case, and the speed-ups of bf16 and ``sw_batch_size``.
@@ -30,7 +30,6 @@ import contextlib
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import random
@@ -488,6 +487,7 @@ class Settings:
     sw_source_spacing: tuple[float, ...] = (0.75, 0.75, 2.0)
     sw_target_spacing: tuple[float, ...] = (1.5, 1.5, 2.0)
     sw_cpu_shape: tuple[int, ...] = (144, 96, 96)
+    sw_roi: int | None = None
     sw_overlap: float = 0.5
     sw_batch_sizes: tuple[int, ...] = (1, 4)
     sw_cpu_batch_sizes: tuple[int, ...] = (1, 2)
@@ -498,11 +498,15 @@ class Settings:
 
 
 def quick_settings() -> Settings:
-    """Tiny sizes: the whole run well under 90 s on 2 CPU cores."""
+    """
+    Tiny sizes (feature size 12, 64^3 crops, a one-window inference case, 1 warm-up + 1 timed step, three
+    training configs) so that the code paths cannot rot; the figures mean nothing.
+    """
     return Settings(feature_size=12, roi=64, batch_size=2, warmup=1, iters=1, disruption_repeats=5,
                     copy_repeats=50, matmul_size=512, scaling_batches=(2, 4, 8), pipeline_num_ct=2,
                     pipeline_num_brain=2, pipeline_ct_shape=(64, 64, 32), pipeline_brain_shape=(48, 48, 40),
-                    pipeline_batches=4, pipeline_busy_steps=2, sw_cpu_shape=(96, 64, 64), quick=True)
+                    pipeline_batches=4, pipeline_busy_steps=2, sw_cpu_shape=(64, 64, 64), sw_cpu_batch_sizes=(1,),
+                    quick=True)
 
 
 ALL_CONFIGS: dict[str, Levers | None] = {
@@ -778,16 +782,14 @@ def _best_levers(device: torch.device, allow_compile: bool) -> Levers:
 
 
 def bench_scaling(s: Settings, device: torch.device, report: Report, allow_compile: bool) -> None:
-    """(d) Samples/s of our best configuration at batch 2, 4, 8 (GPU; CPU only in --quick mode)."""
-    if device.type != "cuda" and not s.quick:
+    """(d) Samples/s of our best configuration at batch 2, 4, 8 (GPU only)."""
+    if device.type != "cuda":
         for b in s.scaling_batches:
             report.add("scaling", f"ours_best batch {b}", None, "samples/s", None, "", NOT_MEASURED_NO_GPU)
         report.sections["scaling"] = {"measured": False, "reason": NOT_MEASURED_NO_GPU}
         return
     levers = _best_levers(device, allow_compile)
     batches, warmup = s.scaling_batches, s.warmup
-    if device.type != "cuda":  # --quick on a CPU: exercise the code path only
-        batches, warmup = (1, 2), 0
     results: dict[str, Any] = {"measured": True, "levers": asdict(levers), "batches": {}}
     for b in batches:
         _free(device)
@@ -956,13 +958,14 @@ def bench_inference(s: Settings, device: torch.device, report: Report) -> None:
     """(f) Sliding-window inference seconds per case and the bf16 and sw_batch_size speed-ups."""
     from monai.inferers import sliding_window_inference
 
+    roi = s.sw_roi or s.roi
     btcv = resampled_shape(s.sw_source_shape, s.sw_source_spacing, s.sw_target_spacing)
     shape = btcv if device.type == "cuda" else s.sw_cpu_shape
     results: dict[str, Any] = {
         "source_shape": list(s.sw_source_shape), "source_spacing_mm": list(s.sw_source_spacing),
         "target_spacing_mm": list(s.sw_target_spacing), "btcv_resampled_shape": list(btcv),
-        "measured_shape": list(shape), "roi": s.roi, "overlap": s.sw_overlap,
-        "windows": num_windows(shape, s.roi, s.sw_overlap), "btcv_windows": num_windows(btcv, s.roi, s.sw_overlap),
+        "measured_shape": list(shape), "roi": roi, "overlap": s.sw_overlap,
+        "windows": num_windows(shape, roi, s.sw_overlap), "btcv_windows": num_windows(btcv, roi, s.sw_overlap),
         "feature_size": s.feature_size, "out_channels": s.sw_out_channels, "variants": {},
     }
     net = SwinUNETR(in_channels=1, out_channels=s.sw_out_channels, feature_size=s.feature_size).to(device).eval()
@@ -976,11 +979,12 @@ def bench_inference(s: Settings, device: torch.device, report: Report) -> None:
 
             def run() -> torch.Tensor:
                 with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    return sliding_window_inference(volume, s.roi, sw, lambda x: net(x).float(),
+                    return sliding_window_inference(volume, roi, sw, lambda x: net(x).float(),
                                                     overlap=s.sw_overlap)
 
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                net(volume[..., : s.roi, : s.roi, : s.roi])  # warm-up of this dtype
+            if not s.quick:
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    net(volume[..., : roi, : roi, : roi])  # warm-up of this dtype
             with PeakMemory(device) as peak:
                 times = time_calls(run, device, 0 if device.type == "cpu" else 1, 1 if device.type == "cpu" else 3)
             results["variants"][name] = {"s_per_case": _median(times), "peak_memory_gib": peak.peak_gib}
@@ -990,7 +994,7 @@ def bench_inference(s: Settings, device: torch.device, report: Report) -> None:
     for name, e in results["variants"].items():
         report.add("inference", f"{name} ({where} {'x'.join(map(str, shape))})", e["s_per_case"], "s/case",
                    ref / e["s_per_case"], f"x {ref_name} speed (higher is better)",
-                   f"{results['windows']} windows of {s.roi}^3, overlap {s.sw_overlap}")
+                   f"{results['windows']} windows of {roi}^3, overlap {s.sw_overlap}")
     if device.type != "cuda":
         per_window = min(e["s_per_case"] for e in results["variants"].values()) / results["windows"]
         results["btcv_extrapolated_s_per_case"] = per_window * results["btcv_windows"]
@@ -1035,7 +1039,8 @@ def main(
     Run the benchmark sections, print one table of ratios and the machine description, optionally save JSON.
 
     Args:
-        quick: tiny sizes (feature size 12, 64^3 crops, 1 warm-up + 2 timed steps); well under 90 s on 2 cores.
+        quick: tiny sizes (feature size 12, 64^3 crops, 1 warm-up + 1 timed step, baseline / ours_fp32 /
+            ours_best) to keep the code paths alive.
         only: comma-separated sections to run (default all): disruption, train_step, flops, scaling, pipeline,
             inference.
         output_json: write all results and the table rows to this path.
@@ -1047,8 +1052,8 @@ def main(
         feature_size: override the Swin UNETR feature size (48; quick 12).
         roi: override the crop size (96; quick 64).
         batch_size: override the batch size (2).
-        warmup: override the warm-up iterations of the training step (1).
-        iters: override the timed iterations of the training step (2).
+        warmup: override the warm-up iterations of the training step (1 on a CPU, 3 on a GPU).
+        iters: override the timed iterations of the training step (2 on a CPU, 10 on a GPU).
         sw_cpu_shape: volume shape of the CPU sliding-window case.
         seed: seed of Python, NumPy and torch.
 
@@ -1059,6 +1064,8 @@ def main(
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     s = quick_settings() if quick else Settings()
+    if dev.type == "cuda" and not quick:  # steps take well under a second: more warm-up (compile) and samples
+        s.warmup, s.iters = 3, 10
     for key, value in (("feature_size", feature_size), ("roi", roi), ("batch_size", batch_size),
                        ("warmup", warmup), ("iters", iters)):
         if value is not None:
