@@ -38,7 +38,21 @@ def test_encoder_keys_match_swin_unetr():
     reference = SwinUNETR(in_channels=4, out_channels=2, feature_size=12).state_dict()
     encoder = {k: v.shape for k, v in net.state_dict().items() if k.startswith("swinViT.")}
     assert encoder == {k: v.shape for k, v in reference.items() if k.startswith("swinViT.")}
-    assert set(net.state_dict()) - set(encoder) == {"head_norm.weight", "head_norm.bias", "head.weight", "head.bias"}
+    head = {"head_norm.running_mean", "head_norm.running_var", "head_norm.num_batches_tracked", "head.weight", "head.bias"}
+    assert set(net.state_dict()) - set(encoder) == head
+    layer = _classifier(head_norm="layer").state_dict()
+    assert set(layer) - set(encoder) == {"head_norm.weight", "head_norm.bias", "head.weight", "head.bias"}
+    with pytest.raises(ValueError, match="head_norm"):
+        _classifier(head_norm="group")
+
+
+def test_batch_norm_head_standardises_features_across_subjects():
+    net = _classifier().train()
+    x = torch.randn(4, 4, SIZE, SIZE, SIZE)
+    with torch.no_grad():
+        normalised = net.head_norm(net.features(x))
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(normalised.shape[1]), atol=1e-4, rtol=0)
+    assert net.head_norm.num_batches_tracked == 1  # running statistics for evaluation
 
 
 def test_freeze_encoder_is_a_linear_probe():
@@ -75,7 +89,9 @@ def test_one_to_four_channel_adaptation(pretrained_path):
     net = _classifier()
     report = load_pretrained(net, pretrained_path, load_decoder=False)
     assert report.adapted == ["swinViT.patch_embed.proj.weight"]
-    assert sorted(report.missing) == ["head.bias", "head.weight", "head_norm.bias", "head_norm.weight"]
+    assert sorted(report.missing) == [
+        "head.bias", "head.weight", "head_norm.num_batches_tracked", "head_norm.running_mean", "head_norm.running_var"
+    ]  # fmt: skip
     assert all(k.startswith("swinViT.") for k in report.loaded)
     assert len(report.loaded) == sum(k.startswith("swinViT.") for k in net.state_dict())
     assert any(k.startswith("decoder1.") for k in report.skipped)  # decoder reported, not silently dropped
@@ -100,7 +116,7 @@ def test_load_fails_loudly_on_a_mismatched_backbone(pretrained_path):
 def test_conv_stem_option():
     net = _classifier(stem="conv")
     assert "swinViT.patch_embed.proj.conv1.conv.weight" in net.state_dict()
-    assert net(torch.randn(1, 4, SIZE, SIZE, SIZE)).shape == (1, 2)
+    assert net(torch.randn(2, 4, SIZE, SIZE, SIZE)).shape == (2, 2)
     with pytest.raises(ValueError, match="stem"):
         _classifier(stem="other")
 
