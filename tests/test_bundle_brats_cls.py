@@ -35,7 +35,7 @@ INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 META = str(CONFIGS / "metadata.json")
 LOGGING = str(CONFIGS / "logging.conf")
-SCHEMA = Path("/work/shared/schema/meta_schema_20240725.json")
+SCHEMA = REPO / "tools" / "schema" / "meta_schema_20240725.json"  # Model Zoo schema, md5 06954cad2cc5d3784e72077ac76f0fc8
 
 NUM_SUBJECTS = 6  # 3 HGG, 3 LGG; 3 folds: 4 training and 2 validation subjects (one per class)
 TINY = {
@@ -200,9 +200,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
         torch.testing.assert_close(scripted(x), eager(x))
 
 
-def test_metadata_verifies_with_the_shared_schema():
-    if not SCHEMA.is_file():
-        pytest.skip("shared schema not present")
+def test_metadata_verifies_with_the_model_zoo_schema():
     verify_metadata(meta_file=META, filepath=str(SCHEMA))
     meta = json.loads(Path(META).read_text())
     image = meta["network_data_format"]["inputs"]["image"]
