@@ -1,0 +1,207 @@
+"""
+Package a bundle of this collection as a Model Zoo zip, ``<name>_v<version>.zip``.
+
+The zip holds one top-level folder ``<name>/`` with the bundle's ``LICENSE``, ``configs/``, ``docs/`` and
+``large_files.yml`` (weights are downloaded from it, never packed), and a copy of the shared ``monai_dae``
+package in the bundle root, so that the unzipped bundle runs with only MONAI and its dependencies installed:
+``python -m monai.bundle run`` started from the bundle folder imports ``monai_dae`` from there, and
+``monai_dae.utils.bundle_dir`` then resolves ``bundle_root`` to that folder. Weights (``*.pt``, ``*.pth``,
+``*.ts``, ``*.onnx``), ``models/``, run outputs and ``__pycache__`` are left out.
+
+Before writing, the bundle is checked as the Model Zoo checks it: ``configs/metadata.json`` verifies against
+the vendored schema (``tools/schema/meta_schema_20240725.json``), its ``changelog`` has an entry for its
+``version``, it names the network input ``image`` and output ``pred``, and every config file is valid JSON.
+A failed check names the file and the problem, and nothing is written. The zip is reproducible (sorted
+entries, fixed timestamps), so its sha256 only changes when the content does.
+
+Example::
+
+    python tools/export_bundle.py dae_btcv_seg --output_dir dist
+    # dist/dae_btcv_seg_v0.1.0.zip; then, anywhere MONAI is installed:
+    python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.1.0.zip \
+        --bundle_dir ./bundles_installed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+PACKAGE = REPO / "monai_dae"
+SCHEMA = REPO / "tools" / "schema" / "meta_schema_20240725.json"
+"""The Model Zoo metadata schema (md5 06954cad2cc5d3784e72077ac76f0fc8), vendored so that checks run offline."""
+
+REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "docs/README.md")
+"""Files a Model Zoo bundle must have (the Zoo's CI and the MONAI bundle specification)."""
+LARGE_FILES = ("large_files.yml", "large_files.yaml", "large_files.json")
+"""Names the Model Zoo accepts for the list of downloadable weights."""
+PACKED_FOLDERS = ("configs", "docs")
+"""Bundle folders packed as they are (minus the excluded files below)."""
+EXCLUDED_SUFFIXES = (".pt", ".pth", ".ts", ".onnx", ".pyc", ".pyo", ".engine", ".plan")
+"""Weights and compiled files never packed, wherever they are."""
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+"""Fixed entry timestamp (the earliest a zip can hold), for a reproducible archive."""
+
+
+def _packed(path: Path) -> bool:
+    """Whether a file found under a packed folder belongs in the zip (no weights, caches or hidden files)."""
+    return not (
+        path.suffix in EXCLUDED_SUFFIXES or "__pycache__" in path.parts or any(p.startswith(".") for p in path.parts)
+    )
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Packed files under ``folder``, relative to it, sorted."""
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and _packed(p.relative_to(folder)))
+
+
+def resolve_bundle(bundle: str) -> Path:
+    """
+    The folder of a bundle given by name (a folder of ``bundles/``) or by path.
+
+    Args:
+        bundle: bundle name, e.g. "dae_btcv_seg", or a path to a bundle folder.
+
+    Returns:
+        the absolute bundle folder.
+
+    Raises:
+        FileNotFoundError: when neither exists.
+    """
+    for candidate in (Path(bundle), BUNDLES / bundle):
+        if candidate.is_dir():
+            return candidate.resolve()
+    known = ", ".join(sorted(p.name for p in BUNDLES.iterdir() if p.is_dir()))
+    raise FileNotFoundError(f"bundle '{bundle}' is neither a folder nor one of {BUNDLES}: {known}.")
+
+
+def check_bundle(bundle_dir: str | Path, schema: str | Path = SCHEMA) -> dict:
+    """
+    Check a bundle folder as the Model Zoo does before it is published.
+
+    Args:
+        bundle_dir: the bundle folder.
+        schema: path of the metadata JSON schema (the vendored Model Zoo schema by default; never downloaded).
+
+    Returns:
+        the parsed ``configs/metadata.json``.
+
+    Raises:
+        ValueError: naming the file and the problem: a required file missing, a config that is not valid JSON,
+            metadata that does not verify against the schema, a ``version`` without ``changelog`` entry, or a
+            network input/output not named ``image``/``pred``.
+    """
+    from monai.bundle import verify_metadata
+
+    bundle_dir = Path(bundle_dir)
+    missing = [name for name in REQUIRED_FILES if not (bundle_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"bundle {bundle_dir}: missing {', '.join(missing)} (required by the Model Zoo).")
+    for config in sorted((bundle_dir / "configs").glob("*.json")):
+        try:
+            json.loads(config.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config}: not valid JSON: {e}") from e
+
+    meta_file = bundle_dir / "configs" / "metadata.json"
+    schema = Path(schema)
+    if not schema.is_file():
+        raise ValueError(f"metadata schema {schema} not found; it is vendored under tools/schema/.")
+    try:
+        verify_metadata(meta_file=str(meta_file), filepath=str(schema))
+    except ValueError as e:
+        raise ValueError(f"{meta_file}: does not verify against the schema {schema}: {e}") from e
+
+    metadata = json.loads(meta_file.read_text())
+    version = metadata["version"]
+    if version not in metadata.get("changelog", {}):
+        raise ValueError(f"{meta_file}: 'changelog' has no entry for version '{version}'.")
+    data_format = metadata["network_data_format"]
+    if "image" not in data_format.get("inputs", {}) or "pred" not in data_format.get("outputs", {}):
+        raise ValueError(
+            f"{meta_file}: network_data_format must name the input 'image' and the output 'pred' "
+            f"(verify_net_in_out and the exporters look them up), got inputs {sorted(data_format.get('inputs', {}))} "
+            f"and outputs {sorted(data_format.get('outputs', {}))}."
+        )
+    return metadata
+
+
+def bundle_entries(bundle_dir: str | Path, package_dir: str | Path = PACKAGE) -> dict[str, Path]:
+    """
+    What the zip of a bundle holds: archive name (without the top-level ``<name>/``) to source file.
+
+    Args:
+        bundle_dir: the bundle folder.
+        package_dir: the ``monai_dae`` package folder vendored into the bundle root.
+
+    Returns:
+        the entries, sorted by archive name.
+
+    Raises:
+        ValueError: when the bundle root already has a ``monai_dae`` folder (the vendored copy would be ambiguous).
+    """
+    bundle_dir, package_dir = Path(bundle_dir), Path(package_dir)
+    if (bundle_dir / package_dir.name).exists():
+        raise ValueError(f"bundle {bundle_dir}: already has a '{package_dir.name}' folder; remove it, it is vendored.")
+    entries = {"LICENSE": bundle_dir / "LICENSE"}
+    entries.update({name: bundle_dir / name for name in LARGE_FILES if (bundle_dir / name).is_file()})
+    for folder in PACKED_FOLDERS:
+        entries.update({f"{folder}/{p.as_posix()}": bundle_dir / folder / p for p in _files_under(bundle_dir / folder)})
+    entries.update({f"{package_dir.name}/{p.as_posix()}": package_dir / p for p in _files_under(package_dir)})
+    return dict(sorted(entries.items()))
+
+
+def export_bundle(bundle: str, output_dir: str = "dist", schema: str = str(SCHEMA)) -> str:
+    """
+    Check a bundle and write its Model Zoo zip ``<output_dir>/<name>_v<version>.zip``.
+
+    Args:
+        bundle: bundle name (a folder of ``bundles/``) or path to a bundle folder.
+        output_dir: folder of the zip (created if missing).
+        schema: metadata JSON schema to verify against.
+
+    Returns:
+        the path of the zip.
+
+    Raises:
+        FileNotFoundError: when the bundle does not exist.
+        ValueError: when a check fails (see ``check_bundle``); nothing is written then.
+    """
+    bundle_dir = resolve_bundle(bundle)
+    name = bundle_dir.name
+    version = check_bundle(bundle_dir, schema)["version"]
+    entries = bundle_entries(bundle_dir)
+
+    os.makedirs(output_dir, exist_ok=True)
+    path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for arcname, source in entries.items():
+                info = zipfile.ZipInfo(f"{name}/{arcname}", date_time=ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, source.read_bytes())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    print(f"{path}: {len(entries)} files, {path.stat().st_size} bytes, sha256 {digest}")
+    return str(path)
+
+
+def main() -> None:
+    """Command-line entry point (``python tools/export_bundle.py --help``)."""
+    fire.Fire(export_bundle, serialize=lambda path: None)
+
+
+if __name__ == "__main__":
+    main()
