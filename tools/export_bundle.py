@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 PACKAGE = REPO / "monai_dae"
 SCHEMA = REPO / "tools" / "schema" / "meta_schema_20240725.json"
-"""The Model Zoo metadata schema (md5 06954cad2cc5d3784e72077ac76f0fc8), vendored so that checks run offline."""
+"""The Model Zoo metadata schema, vendored so that checks run offline."""
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+"""md5 of the schema file, checked on every use."""
 
 REQUIRED_FILES = ("LICENSE", "configs/metadata.json", "docs/README.md")
 """Files a Model Zoo bundle must have (the Zoo's CI and the MONAI bundle specification)."""
@@ -82,13 +84,12 @@ def resolve_bundle(bundle: str) -> Path:
     raise FileNotFoundError(f"bundle '{bundle}' is neither a folder nor one of {BUNDLES}: {known}.")
 
 
-def check_bundle(bundle_dir: str | Path, schema: str | Path = SCHEMA) -> dict:
+def check_bundle(bundle_dir: str | Path) -> dict:
     """
     Check a bundle folder as the Model Zoo does before it is published.
 
     Args:
         bundle_dir: the bundle folder.
-        schema: path of the metadata JSON schema (the vendored Model Zoo schema by default; never downloaded).
 
     Returns:
         the parsed ``configs/metadata.json``.
@@ -111,13 +112,12 @@ def check_bundle(bundle_dir: str | Path, schema: str | Path = SCHEMA) -> dict:
             raise ValueError(f"{config}: not valid JSON: {e}") from e
 
     meta_file = bundle_dir / "configs" / "metadata.json"
-    schema = Path(schema)
-    if not schema.is_file():
-        raise ValueError(f"metadata schema {schema} not found; it is vendored under tools/schema/.")
+    if not SCHEMA.is_file():
+        raise ValueError(f"metadata schema {SCHEMA} not found; it is vendored under tools/schema/.")
     try:
-        verify_metadata(meta_file=str(meta_file), filepath=str(schema))
+        verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA), hash_val=SCHEMA_MD5, hash_type="md5")
     except ValueError as e:
-        raise ValueError(f"{meta_file}: does not verify against the schema {schema}: {e}") from e
+        raise ValueError(f"{meta_file}: does not verify against the schema {SCHEMA}: {e}") from e
 
     metadata = json.loads(meta_file.read_text())
     version = metadata["version"]
@@ -158,14 +158,13 @@ def bundle_entries(bundle_dir: str | Path, package_dir: str | Path = PACKAGE) ->
     return dict(sorted(entries.items()))
 
 
-def export_bundle(bundle: str, output_dir: str = "dist", schema: str = str(SCHEMA)) -> str:
+def export_bundle(bundle: str, output_dir: str = "dist") -> str:
     """
     Check a bundle and write its Model Zoo zip ``<output_dir>/<name>_v<version>.zip``.
 
     Args:
         bundle: bundle name (a folder of ``bundles/``) or path to a bundle folder.
         output_dir: folder of the zip (created if missing).
-        schema: metadata JSON schema to verify against.
 
     Returns:
         the path of the zip.
@@ -176,7 +175,7 @@ def export_bundle(bundle: str, output_dir: str = "dist", schema: str = str(SCHEM
     """
     bundle_dir = resolve_bundle(bundle)
     name = bundle_dir.name
-    version = check_bundle(bundle_dir, schema)["version"]
+    version = check_bundle(bundle_dir)["version"]
     entries = bundle_entries(bundle_dir)
 
     os.makedirs(output_dir, exist_ok=True)
