@@ -52,6 +52,7 @@ __all__ = [
     "read_checkpoint",
     "detect_layout",
     "convert_state_dict",
+    "infer_architecture",
     "adapt_in_channels",
     "load_pretrained",
 ]
@@ -78,6 +79,7 @@ INPUT_WEIGHT_KEYS: tuple[str, ...] = (
 _WRAPPER_KEYS = ("model", "state_dict", "network", "net")
 _CONV_STEM_KEY = "swinViT.patch_embed.proj.conv1.conv.weight"
 _PATCH_STEM_KEY = "swinViT.patch_embed.proj.weight"
+_STAGE1_NORM_KEY = "swinViT.layers1.0.blocks.0.norm1.weight"
 _BACKBONE_PREFIX = "swinViT."
 # blocks whose input and output channels are equal: MONAI >= 0.9 has no 1x1 residual projection (conv3/norm3)
 _NO_PROJECTION_BLOCKS = ("encoder2.", "encoder3.", "encoder4.", "encoder10.")
@@ -347,6 +349,34 @@ def convert_state_dict(
         target = set(target_keys)
         converted = {k: v for k, v in converted.items() if k in target}
     return converted
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int | str | bool]:
+    """
+    The SwinUNETR options a converted state dict was trained with, read from its tensors: the feature size
+    (the width of the first Swin block), the stem (the DAE authors' convolutional stem or MONAI's patchify
+    convolution) and whether it has the SwinUNETR-v2 residual blocks (``swinViT.layers{s}c``).
+
+    Args:
+        state_dict: a state dict with current SwinUNETR names, as returned by :py:func:`convert_state_dict`.
+
+    Returns:
+        ``{"feature_size": int, "stem": "conv" | "patch", "use_v2": bool}``, the values of the bundle config
+        keys of the same names that build a network these weights load into.
+
+    Raises:
+        ValueError: the state dict has no Swin transformer (no ``swinViT.layers1.0.blocks.0.norm1.weight``).
+    """
+    if _STAGE1_NORM_KEY not in state_dict:
+        raise ValueError(
+            f"cannot infer the architecture: the state dict has no '{_STAGE1_NORM_KEY}' (keys such as "
+            f"{list(state_dict)[:6]}); convert it to SwinUNETR names first (convert_state_dict)."
+        )
+    return {
+        "feature_size": int(state_dict[_STAGE1_NORM_KEY].shape[0]),
+        "stem": "conv" if _CONV_STEM_KEY in state_dict else "patch",
+        "use_v2": any(k.startswith("swinViT.layers1c.") for k in state_dict),
+    }
 
 
 def adapt_in_channels(
