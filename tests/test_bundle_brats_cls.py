@@ -1,7 +1,7 @@
 """
 Model-Zoo-style tests of the ``dae_brats_cls`` bundle: 4-modality NIfTI phantoms in the BraTS 2018 layout are
 written here, the data list is built with ``tools/brats_datalist.py``, then the real ``monai.bundle`` machinery
-(``ConfigWorkflow``, ``verify_net_in_out``, ``ckpt_export``) runs with tiny overrides: 32^3 inputs (the encoder
+(``ConfigWorkflow``, ``verify_net_in_out``, ``ckpt_export``, ``onnx_export``) runs with tiny overrides: 32^3 inputs (the encoder
 alone trains at 32^3), feature size 12, one epoch.
 """
 
@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
+from onnx.reference import ReferenceEvaluator
 
 from monai_dae.data.brats import SubjectError
 from monai_dae.data.phantoms import write_sample_dataset
@@ -176,6 +178,13 @@ def test_inference_writes_class_probabilities_per_subject(trained, sample):
             assert float(row["prob_LGG"]) == pytest.approx(float(evaluated[row["subject"]]["prob_LGG"]), abs=1e-5)
 
 
+def _trained_classifier(root: Path) -> SwinClassifier:
+    """The best model of a bundle run, as an eager network in evaluation mode."""
+    network = SwinClassifier(in_channels=4, num_classes=2, feature_size=12)
+    network.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    return network.eval()
+
+
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     root = trained["root"]
     overrides = {"feature_size": 12, "_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 32]}
@@ -192,12 +201,34 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
         feature_size=12,
     )
     scripted = torch.jit.load(str(exported))
-    eager = SwinClassifier(in_channels=4, num_classes=2, feature_size=12)
-    eager.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    eager.eval()
+    eager = _trained_classifier(root)
     x = torch.randn(1, 4, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager(x))
+
+
+@pytest.mark.slow
+def test_onnx_export(trained, tmp_path):
+    exported = tmp_path / "model.onnx"
+    onnx_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(trained["root"] / "models" / "model.pt"),
+        meta_file=META,
+        config_file=TRAIN,
+        input_shape=[1, 4, 32, 32, 32],
+        feature_size=12,
+    )
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model, full_check=True)
+    (graph_input,) = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    (graph_output,) = model.graph.output
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [1, 4, 32, 32, 32]
+    assert [d.dim_value for d in graph_output.type.tensor_type.shape.dim] == [1, 2]  # logits of HGG, LGG
+    x = torch.randn(1, 4, 32, 32, 32)
+    (logits,) = ReferenceEvaluator(model).run(None, {graph_input.name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), _trained_classifier(trained["root"])(x), atol=1e-4, rtol=1e-4)
 
 
 def test_metadata_verifies_with_the_model_zoo_schema():
@@ -270,8 +301,10 @@ def _cli_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_cli_training_with_mlflow_tracking(sample, tmp_path):
+    """``--tracking mlflow`` logs loss, learning rate, validation metrics, the hyper-parameters and the config."""
     store = tmp_path / "mlflow.db"
     overrides = {k: v for k, v in {**TINY, **sample}.items() if k not in ("device", "amp")}
+    overrides["learning_rate"] = 2e-4
     command = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--meta_file", META,
         "--bundle_root", str(tmp_path), "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{store}",
@@ -285,7 +318,22 @@ def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{store}")
     runs = client.search_runs([client.get_experiment_by_name("brats_cls_test").experiment_id])
     assert len(runs) == 1
-    assert {"train_loss", "val_auc", "val_accuracy", "val_balanced_accuracy"} <= set(runs[0].data.metrics)
+    run = runs[0]
+    assert {"train_loss", "lr_group_0", "val_auc", "val_accuracy", "val_balanced_accuracy"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # per iteration: 4 subjects, batch 2
+    # one warm-up-free cosine cycle over 2 iterations, logged after each scheduler step: lr/2, then 0
+    learning_rates = [m.value for m in client.get_metric_history(run.info.run_id, "lr_group_0")]
+    assert learning_rates == pytest.approx([1e-4, 0.0])
+    (val_auc,) = client.get_metric_history(run.info.run_id, "val_auc")
+    assert 0.0 <= val_auc.value <= 1.0 and val_auc.step == 1
+    params = run.data.params
+    assert params["learning_rate"] == "0.0002" and params["batch_size"] == "2" and params["feature_size"] == "12"
+    assert params["spatial_size"] == "[32, 32, 32]" and params["freeze_encoder"] == "False"
+    assert params["class_names"] == "['HGG', 'LGG']" and params["max_epochs"] == "1"
+    (artifact,) = client.list_artifacts(run.info.run_id)
+    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
+    config = json.loads(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
+    assert config["learning_rate"] == 2e-4 and config["spatial_size"] == [32, 32, 32]  # the merged config
 
 
 @pytest.mark.slow

@@ -91,6 +91,7 @@ def check(
     finetune_epochs: int = 15,
     batch_size: int = 4,
     learning_rate: float = 3e-4,
+    probe_learning_rate: float = 1e-3,
     seeds: Sequence[int] = (0,),
     arms: Sequence[str] = ("scratch", "dae"),
     num_workers: int = 0,
@@ -111,7 +112,8 @@ def check(
         pretrain_epochs: DAE pretraining epochs (0 skips the pretraining and the DAE arms).
         finetune_epochs: classifier epochs, the same for every arm.
         batch_size: classifier batch size.
-        learning_rate: classifier learning rate, the same for every arm.
+        learning_rate: classifier learning rate of the fully trained arms ("scratch", "dae").
+        probe_learning_rate: learning rate of the linear probe ("dae_probe"), which trains the head only.
         seeds: fine-tuning seeds (each arm is trained once per seed).
         arms: any of "scratch", "dae" (full fine-tuning) and "dae_probe" (frozen encoder).
         num_workers: data loader workers.
@@ -210,7 +212,7 @@ def check(
                 num_workers=num_workers,
                 cache_rate=1.0,
                 max_epochs=finetune_epochs,
-                learning_rate=learning_rate,
+                learning_rate=probe_learning_rate if arm == "dae_probe" else learning_rate,
                 pretrained_path=pretrained_path if arm.startswith("dae") else "",
                 freeze_encoder=arm == "dae_probe",
                 progress_bar=False,
@@ -268,6 +270,9 @@ def check(
             "finetune_epochs": finetune_epochs,
             "batch_size": batch_size,
             "learning_rate": learning_rate,
+            "probe_learning_rate": probe_learning_rate,
+            "arms": list(arms),
+            "seeds": [int(s) for s in seeds],
             "device": device,
             "pretrained_path": pretrained_path,
         },
