@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import onnx
 import pytest
@@ -240,11 +241,21 @@ def test_metadata_verifies_with_the_model_zoo_schema():
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == ["HGG", "LGG"]
 
 
-def test_bad_subject_is_reported_before_training(sample, tmp_path):
+def test_bad_subjects_are_reported_with_their_ids_before_training(sample, tmp_path):
+    """A missing modality, an unknown class, and modalities of different shapes or affines stop the run at once."""
     content = json.loads(Path(sample["datalist"]).read_text())
-    missing, unknown = [e for e in content["training"] if e["fold"] != 0][:2]  # training subjects of fold 0
+    missing, unknown, reshaped, shifted = [e for e in content["training"] if e["fold"] != 0]  # training subjects
     missing["t1ce"] = "HGG/absent/absent_t1ce.nii.gz"
     unknown["class"] = "GBM"
+    for entry, modality in ((reshaped, "t2"), (shifted, "flair")):
+        image = nib.load(os.path.join(sample["dataset_dir"], entry[modality]))
+        array, affine = np.asarray(image.dataobj), image.affine.copy()
+        if entry is reshaped:
+            array = array[:, :, :-2]
+        else:
+            affine[0, 3] += 5.0  # 5 mm shift
+        entry[modality] = str(tmp_path / f"{entry['subject']}_{modality}.nii.gz")  # absolute: kept as is
+        nib.save(nib.Nifti1Image(array, affine), entry[modality])
     datalist = tmp_path / "bad.json"
     datalist.write_text(json.dumps(content))
     workflow = ConfigWorkflow(
@@ -254,14 +265,19 @@ def test_bad_subject_is_reported_before_training(sample, tmp_path):
     )
     workflow.initialize()
     with pytest.raises(Exception) as error:
-        workflow.parser.get_parsed_content("train#dataset")
+        workflow.run()
     cause = error.value
     while not isinstance(cause, SubjectError) and (cause.__cause__ or cause.__context__):
         cause = cause.__cause__ or cause.__context__
     assert isinstance(cause, SubjectError), str(error.value)
     problems = dict(cause.problems)
+    assert set(problems) == {e["subject"] for e in (missing, unknown, reshaped, shifted)}
     assert "modality 't1ce' file not found" in problems[missing["subject"]]
     assert "unknown class 'GBM'" in problems[unknown["subject"]]
+    assert "shape of 't2' (40, 40, 30) differs from 't1' (40, 40, 32)" in problems[reshaped["subject"]]
+    assert "affine of 'flair' differs from 't1' (max difference 5)" in problems[shifted["subject"]]
+    assert all(subject in str(cause) for subject in problems)  # the message lists every subject id
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "models" / "model.pt").exists()  # nothing trained
 
 
 @pytest.mark.slow
