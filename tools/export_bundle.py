@@ -16,8 +16,9 @@ entries, fixed timestamps), so its sha256 only changes when the content does.
 
 Example::
 
-    python tools/export_bundle.py dae_btcv_seg --output_dir dist
-    # dist/dae_btcv_seg_v0.1.0.zip; then, anywhere MONAI is installed:
+    python tools/export_bundle.py dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.1.0.zip
+    python tools/export_bundle.py --output_dir dist                # every bundle of bundles/
+    # then, anywhere MONAI is installed:
     python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.1.0.zip \
         --bundle_dir ./bundles_installed
 """
@@ -197,9 +198,24 @@ def export_bundle(bundle: str, output_dir: str = "dist") -> str:
     return str(path)
 
 
+def export_bundles(*bundles: str, output_dir: str = "dist") -> list[str]:
+    """
+    Export several bundles (all bundles of ``bundles/`` when none is named), each checked first.
+
+    Args:
+        bundles: bundle names or folders; none means every bundle of ``bundles/``.
+        output_dir: folder of the zips (created if missing).
+
+    Returns:
+        the paths of the zips, in the order of ``bundles``.
+    """
+    names = bundles or sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
+    return [export_bundle(bundle, output_dir) for bundle in names]
+
+
 def main() -> None:
     """Command-line entry point (``python tools/export_bundle.py --help``)."""
-    fire.Fire(export_bundle, serialize=lambda path: None)
+    fire.Fire(export_bundles, serialize=lambda paths: None)
 
 
 if __name__ == "__main__":
