@@ -270,7 +270,8 @@ def test_command_line(checkpoints, tmp_path):
     output = tmp_path / "pretrained.pt"
     command = [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "--checkpoint", checkpoints["voco"][0],
                "--target", "dae_btcv_seg", "--output", str(output)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "layout 'voco', feature_size 12, stem patch, use_v2 True" in result.stdout
     assert "loaded 145 tensors, skipped 0, newly initialised 22" in result.stdout

@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO / "tools"))
 from convert_checkpoint import convert_checkpoint  # noqa: E402
 
 BUNDLES = ("dae_pretrain", "dae_btcv_seg", "dae_brats_cls")
-AUTHORS_URL = "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/dae_weights_midl_2024/DAE_SSL_WEIGHTS.zip"
+AUTHORS_URL = (
+    "https://developer.download.nvidia.com/assets/Clara/monai/tutorials/dae_weights_midl_2024/DAE_SSL_WEIGHTS.zip"
+)
 TIMEOUT = 300
 
 
@@ -186,6 +188,7 @@ def test_download_bundle_zip(server, tmp_path):
                           str(bundle_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for config in ("train.json", "inference.json", "evaluate.json", "metadata.json", "multi_gpu_train.json"):
-        assert (bundle_dir / name / "configs" / config).read_bytes() == (REPO / "bundles" / name / "configs" / config).read_bytes()
+        installed = bundle_dir / name / "configs" / config
+        assert installed.read_bytes() == (REPO / "bundles" / name / "configs" / config).read_bytes()
     assert (bundle_dir / name / "large_files.yml").is_file() and (bundle_dir / name / "LICENSE").is_file()
     assert (bundle_dir / f"{name}.zip").is_file()  # MONAI keeps the downloaded archive next to the bundle
