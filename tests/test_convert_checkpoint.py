@@ -147,7 +147,7 @@ def test_complete_file_loads_strictly_into_dae_pretrain(checkpoints, tmp_path, c
     written = torch.load(output, weights_only=True)
     assert len(written) == 167 and report.num_loaded == 163
     assert "4 newly initialised (seed 0)" in printed
-    assert "run the 'dae_pretrain' bundle with: --feature_size 12 --network_def#stem conv" in printed
+    assert "run the 'dae_pretrain' bundle with: --feature_size 12 --stem conv" in printed
     network, _ = bundle_network("dae_pretrain", {"feature_size": FEATURE, "stem": "conv"})
     network.load_state_dict(written, strict=True)
     network.eval(), source.eval()
