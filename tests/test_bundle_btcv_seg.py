@@ -1,25 +1,32 @@
 """
-Model-Zoo-style tests of the dae_btcv_seg bundle on small NIfTI phantoms written by the test: train, train +
-evaluate, multi-GPU overlay (one gloo rank), inference, pretrained weights, and the export commands.
+Model-Zoo-style tests of the dae_btcv_seg bundle on small NIfTI phantoms written by the test: train, resume,
+train + evaluate, multi-GPU overlay (one gloo rank in process, two CPU processes with torchrun), the CLI with
+MLflow tracking, inference, pretrained weights, and the export commands.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_net_in_out
 from monai.networks.nets import SwinUNETR
 
-from monai_dae.data.phantoms import write_sample_dataset
+from monai_dae.data.phantoms import BTCV_ORGANS, write_sample_dataset
 from monai_dae.networks import DAESwinUNETR
 
-BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "dae_btcv_seg")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = os.path.join(REPO, "bundles", "dae_btcv_seg")
 CONFIGS = os.path.join(BUNDLE, "configs")
 TRAIN = os.path.join(CONFIGS, "train.json")
 EVALUATE = os.path.join(CONFIGS, "evaluate.json")
@@ -29,7 +36,7 @@ META = os.path.join(CONFIGS, "metadata.json")
 LOGGING = os.path.join(CONFIGS, "logging.conf")
 
 FEATURE = 12
-ROI = [64, 64, 64]  # 32^3 leaves a 1^3 bottleneck that InstanceNorm rejects in training
+ROI = [64, 64, 32]  # 32^3 leaves a 1^3 bottleneck that InstanceNorm rejects in training; 2 x 2 x 1 trains
 SMALL = {
     "feature_size": FEATURE,
     "roi_size": ROI,
@@ -111,6 +118,92 @@ def test_multi_gpu_overlay_single_gloo_rank(trained, data, tmp_path, monkeypatch
     finally:
         workflow.finalize()
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(trained, root)
+    workflow = _workflow("train", TRAIN, bundle_root=str(root), dataset_dir=data, **{**SMALL, "max_epochs": 2}, resume=True)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    started = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    workflow.run()
+    workflow.finalize()
+    assert started == [2]  # epoch 1 came from the checkpoint
+    assert trainer.state.iteration == 2  # 1 training case, batch 1, 1 crop: 1 iteration per epoch
+    assert workflow.parser.get_parsed_content("train#lr_scheduler").last_epoch == 2
+
+
+def _cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+
+
+def _cli_overrides(values: dict) -> list[str]:
+    """Overrides as ``python -m monai.bundle`` (fire) parses them: Python literals (``False``, not ``false``)."""
+    return [f"--{k}={v if isinstance(v, str) else repr(v)}" for k, v in values.items()]
+
+
+@pytest.mark.slow
+def test_cli_training_with_mlflow_tracking(data, tmp_path):
+    """``--tracking mlflow`` logs loss, learning rate, mean and per-organ Dice, the hyper-parameters and the config."""
+    store = tmp_path / "mlflow.db"
+    overrides = {**SMALL, "dataset_dir": data, "bundle_root": str(tmp_path), "learning_rate": 2e-4}
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META,
+        "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{store}", "--experiment_name", "btcv_test",
+        f"--output_dir=$'{tmp_path / 'runs'}'",  # a plain path would silently drop the config artifact
+        *_cli_overrides(overrides),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert os.path.isfile(os.path.join(tmp_path, "models", "model.pt"))
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("btcv_test").experiment_id])
+    organs = {"val_dice_" + organ.replace(" ", "_") for organ in BTCV_ORGANS}
+    assert {"train_loss", "lr_group_0", "val_mean_dice"} | organs <= set(run.data.metrics)
+    (loss,) = client.get_metric_history(run.info.run_id, "train_loss")  # 1 training case: 1 iteration
+    assert np.isfinite(loss.value) and loss.step == 1
+    (val_dice,) = client.get_metric_history(run.info.run_id, "val_mean_dice")
+    assert 0.0 <= val_dice.value <= 1.0 and val_dice.step == 1
+    # warm-up of 1 step out of 1: the learning rate logged after the scheduler step is the peak, 2e-4
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "lr_group_0")] == pytest.approx([2e-4])
+    params = run.data.params
+    assert params["learning_rate"] == "0.0002" and params["feature_size"] == "12" and params["max_epochs"] == "1"
+    assert params["roi_size"] == str(ROI) and params["pretrained_path"] == "" and params["stem"] == "patch"
+    assert params["pixdim"] == "[1.5, 1.5, 2.0]" and params["hu_window"] == "[-175, 250]"
+    (artifact,) = client.list_artifacts(run.info.run_id)
+    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
+    config = json.loads(open(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read())
+    assert config["learning_rate"] == 2e-4 and config["roi_size"] == ROI  # the merged config
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(data, tmp_path):
+    with open(os.path.join(data, "dataset_0.json")) as f:
+        content = json.load(f)
+    cases = content["training"] + content["validation"]
+    datalist = tmp_path / "both_cases.json"  # 2 cases: one per rank for training and for validation
+    datalist.write_text(json.dumps({"training": cases, "validation": cases}))
+    overrides = {**SMALL, "dataset_dir": data, "datalist": str(datalist), "bundle_root": str(tmp_path)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']", "--meta_file", META,
+        *_cli_overrides(overrides),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    logs = result.stdout + result.stderr
+    assert logs.count("SupervisedTrainer - INFO - Epoch[1] Complete") == 1  # rank 0 logs only
+    assert logs.count("Key metric: val_mean_dice best value") == 1  # one validation, logged once
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert state and not any(k.startswith("module.") for k in state)  # saved from the unwrapped network
+    final = torch.load(tmp_path / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 1  # 2 cases over 2 ranks, batch 1: 1 iteration per rank
+    assert not any(k.startswith("module.") for k in final["model"])
 
 
 @pytest.mark.slow
