@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# MONAI Label 0.8.5 pins clash with the main environment: it gets its own (tools/monailabel_serve.py)
+MONAILABEL_VENV ?= .venv-monailabel
 SAMPLE_DIR ?= data/sample
 DEMO_DIR ?= runs/demo
 BUNDLE := bundles/dae_pretrain
@@ -9,7 +11,7 @@ BUNDLE := bundles/dae_pretrain
 DEMO_CPU_ARGS ?= --roi_size "[64,64,64]" --feature_size 12 --batch_size 4 --max_epochs 3 --num_workers 2
 DEMO_GPU_ARGS ?= --roi_size "[96,96,96]" --feature_size 48 --max_epochs 20 --num_workers 0
 
-.PHONY: install test demo sample-data clean
+.PHONY: install test demo sample-data clean monailabel-env test-monailabel
 
 install: $(VENV)/.installed
 
@@ -21,6 +23,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+monailabel-env: $(MONAILABEL_VENV)/.installed
+
+$(MONAILABEL_VENV)/.installed: tools/monailabel_requirements.txt | install
+	$(PY) tools/monailabel_serve.py install --venv $(MONAILABEL_VENV)
+
+test-monailabel: install monailabel-env
+	MONAILABEL_VENV=$(MONAILABEL_VENV) $(PY) -m pytest -q -m monailabel tests/test_monailabel.py
 
 sample-data: install
 	$(PY) tools/sample_data.py --output_dir $(SAMPLE_DIR)
