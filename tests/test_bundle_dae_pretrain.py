@@ -256,6 +256,14 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
     assert "lr_group_0" in logged
     history = client.get_metric_history(runs[0].info.run_id, "train_loss")
     assert len(history) == 2  # one per iteration
+    params = runs[0].data.params  # the config's hyper_parameters, given to the tracking handler in "run"
+    assert params["feature_size"] == "12" and params["batch_size"] == "2" and params["roi_size"] == "[64, 64, 64]"
+    assert params["mask_ratio"] == "0.6" and params["noise_variance"] == "0.1" and params["cmcl_weight"] == "0.05"
+    assert params["datalist"] == str(datalist) and params["stem"] == "patch"
+    (artifact,) = client.list_artifacts(runs[0].info.run_id)
+    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
+    config = json.loads(Path(client.download_artifacts(runs[0].info.run_id, artifact.path, str(tmp_path))).read_text())
+    assert config["feature_size"] == 12 and config["datalist"] == str(datalist)  # the merged, executed config
 
 
 @pytest.mark.slow

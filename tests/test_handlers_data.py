@@ -23,6 +23,7 @@ from monai_dae.handlers import (
     SetRandomStateHandler,
     preview_grid,
     scalars_from_output,
+    track_hyper_parameters,
 )
 from monai_dae.losses import DAELoss
 from monai_dae.transforms import RandAdditiveGaussianNoise
@@ -350,3 +351,15 @@ def test_check_image_file_accepts_valid_nifti(dataset):
     check_image_file(str(dataset / "ct" / "lung_001.nii.gz"))
     with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
         check_image_file(str(dataset / "missing.nii.gz"))
+
+
+def test_track_hyper_parameters_reaches_only_the_mlflow_handlers(tmp_path):
+    from monai.handlers import MLFlowHandler, StatsHandler
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = MLFlowHandler(tracking_uri=uri, experiment_param={"fold": 0})
+    handlers = [StatsHandler(), tracked, MLFlowHandler(tracking_uri=uri)]
+    assert track_hyper_parameters(handlers, {"learning_rate": 4e-4, "roi_size": [96, 96, 96]}) == 2
+    assert tracked.experiment_param == {"fold": 0, "learning_rate": 4e-4, "roi_size": [96, 96, 96]}
+    assert handlers[2].experiment_param == {"learning_rate": 4e-4, "roi_size": [96, 96, 96]}
+    assert track_hyper_parameters([StatsHandler()], {"seed": 0}) == 0  # no --tracking: nothing to do

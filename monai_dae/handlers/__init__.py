@@ -1,4 +1,4 @@
-"""Handlers of the DAE pretext."""
+"""Handlers of the DAE pretext and experiment-tracking helpers for the bundles."""
 
 from monai_dae.handlers.handlers import (
     LossComponentsHandler,
@@ -7,3 +7,4 @@ from monai_dae.handlers.handlers import (
     preview_grid,
     scalars_from_output,
 )
+from monai_dae.handlers.tracking import track_hyper_parameters
