@@ -47,7 +47,7 @@ LARGE_FILES = ("large_files.yml", "large_files.yaml", "large_files.json")
 """Names the Model Zoo accepts for the list of downloadable weights."""
 PACKED_FOLDERS = ("configs", "docs")
 """Bundle folders packed as they are (minus the excluded files below)."""
-EXCLUDED_SUFFIXES = (".pt", ".pth", ".ts", ".onnx", ".pyc", ".pyo", ".engine", ".plan")
+EXCLUDED_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".ts", ".onnx", ".engine", ".plan", ".pyc", ".pyo")
 """Weights and compiled files never packed, wherever they are."""
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 """Fixed entry timestamp (the earliest a zip can hold), for a reproducible archive."""
