@@ -117,6 +117,7 @@ def test_weights_that_do_not_fit_the_served_config_are_refused(tmp_path):
     _random_model(model, FEATURE)
     with pytest.raises(ValueError, match=r"model\.pt does not fit the network .*inference\.json"):
         setup_app(str(tmp_path / "app"), model=str(model), venv=str(VENV))
+    assert not (tmp_path / "app" / "model" / BUNDLE).exists()  # no half-made app left to serve
 
 
 def test_server_segments_an_uploaded_ct(tmp_path):

@@ -195,7 +195,20 @@ def setup_app(
     if not model_file.is_file():
         raise FileNotFoundError(f"Model weights '{model_file}' not found: train the bundle or pass --model.")
     app = Path(app_dir).resolve()
-    app.mkdir(parents=True, exist_ok=True)
+    served = app / "model" / bundle_path.name
+    shutil.rmtree(served, ignore_errors=True)
+    shutil.copytree(bundle_path, served, ignore=shutil.ignore_patterns("models", "eval", "runs", "__pycache__"))
+    (served / "models").mkdir()
+    shutil.copyfile(model_file, served / "models" / "model.pt")
+    for name in SERVED_CONFIGS:
+        if overrides and (served / "configs" / name).is_file():
+            _apply_overrides(served / "configs" / name, overrides)
+    try:
+        _check_weights(served)
+    except ValueError:
+        shutil.rmtree(served)
+        raise
+
     # the sample app is copied out of the installed wheel (no network); the command refuses to overwrite
     shutil.rmtree(app / "monaibundle", ignore_errors=True)
     _run([str(interpreter), "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle",
@@ -206,16 +219,6 @@ def setup_app(
             shutil.rmtree(target)
         shutil.move(str(item), str(target))
     (app / "monaibundle").rmdir()
-
-    served = app / "model" / bundle_path.name
-    shutil.rmtree(served, ignore_errors=True)
-    shutil.copytree(bundle_path, served, ignore=shutil.ignore_patterns("models", "eval", "runs", "__pycache__"))
-    (served / "models").mkdir()
-    shutil.copyfile(model_file, served / "models" / "model.pt")
-    for name in SERVED_CONFIGS:
-        if overrides and (served / "configs" / name).is_file():
-            _apply_overrides(served / "configs" / name, overrides)
-    _check_weights(served)
     print(f"MONAI Label app: {app}\nserved bundle:  {served}", flush=True)
     return str(served)
 
