@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from monai_dae.handlers.classification import binary_roc_auc, classification_metrics
 from monai_dae.networks import DAESwinUNETR, SwinClassifier
+from monai_dae.networks.classifier import FeatureBatchNorm
 from monai_dae.weights import load_pretrained
 
 SIZE = 32  # the encoder alone runs at 32^3 (1^3 bottleneck) in training mode
@@ -53,6 +54,33 @@ def test_batch_norm_head_standardises_features_across_subjects():
         normalised = net.head_norm(net.features(x))
     torch.testing.assert_close(normalised.mean(0), torch.zeros(normalised.shape[1]), atol=1e-4, rtol=0)
     assert net.head_norm.num_batches_tracked == 1  # running statistics for evaluation
+
+
+def test_feature_batch_norm_running_statistics_start_from_the_data():
+    torch.manual_seed(0)
+    batches = [0.6 + 0.01 * torch.randn(4, 8) for _ in range(15)]  # like DAE features: variance 1e-4 around 0.6
+    norm = FeatureBatchNorm(8).train()
+    norm(batches[0])
+    torch.testing.assert_close(norm.running_mean, batches[0].mean(0))
+    torch.testing.assert_close(norm.running_var, batches[0].var(0))
+    for batch in batches[1:10]:  # plain average while fewer than 1 / momentum batches were seen
+        norm(batch)
+    torch.testing.assert_close(norm.running_mean, torch.stack([b.mean(0) for b in batches[:10]]).mean(0))
+    expected = norm.running_mean.clone()
+    for batch in batches[10:]:  # then the moving average of nn.BatchNorm1d
+        norm(batch)
+        expected = 0.9 * expected + 0.1 * batch.mean(0)
+    torch.testing.assert_close(norm.running_mean, expected)
+    assert set(norm.state_dict()) == set(torch.nn.BatchNorm1d(8, affine=False).state_dict())
+
+    # evaluation after one training batch: held-out features are standardised; nn.BatchNorm1d's running
+    # statistics still hold mostly their start (0, 1), so its outputs hardly differ between subjects
+    held_out = 0.6 + 0.01 * torch.randn(256, 8)
+    fresh, plain = FeatureBatchNorm(8).train(), torch.nn.BatchNorm1d(8, affine=False).train()
+    fresh(batches[0]), plain(batches[0])
+    with torch.no_grad():
+        assert 0.3 < float(fresh.eval()(held_out).std(0).min()) < 3.0
+        assert float(plain.eval()(held_out).std(0).max()) < 0.02
 
 
 def test_freeze_encoder_is_a_linear_probe():
