@@ -138,11 +138,19 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
     workflow = ConfigWorkflow(config_file=TRAIN, meta_file=META, workflow_type="train", **overrides)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    started = []
+    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
+    started, best_at_start = [], []
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
     workflow.run()
     assert started == [2]  # epoch 1 came from the checkpoint
     assert trainer.state.iteration == 4
+    # the best-model tracker came back with the training state: epoch 1's validation L1 (negated: lower is better)
+    ((score, filename),) = best_at_start[0]["_saved"]
+    assert score == pytest.approx(-trained["val_metrics"]["val_l1"]) and filename.endswith(".pt")
+    final = torch.load(root / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
+    assert final["best_model_saver"] == best_model_saver.state_dict()
+    assert not [name for name in os.listdir(root / "runs" / "checkpoints") if name.startswith(".")]  # no temporaries
     workflow.finalize()
 
 

@@ -1,5 +1,6 @@
-"""Handlers of the DAE pretext and experiment-tracking helpers for the bundles."""
+"""Handlers of the DAE pretext, resumable atomic checkpointing and experiment-tracking helpers for the bundles."""
 
+from monai_dae.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver
 from monai_dae.handlers.handlers import (
     LossComponentsHandler,
     ReconstructionPreviewHandler,

@@ -1,0 +1,109 @@
+"""
+Checkpoint saving that survives interruptions: atomic writes, and a best-model tracker that resumes.
+
+MONAI's ``CheckpointSaver`` writes with ``ignite.handlers.DiskSaver(atomic=False)`` straight into the target
+file, and ignite removes the previous checkpoint *before* it writes the next one, so a run killed at the wrong
+moment leaves a truncated file, or no checkpoint at all. Its best-model tracker (``save_key_metric``) also
+starts empty in a resumed run, so the first validation after a resume overwrites a better ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
+
+from monai_dae.utils import is_secondary_rank
+
+__all__ = ["AtomicDiskSaver", "CheckpointSaver"]
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """
+    Save handler for ``ignite.handlers.Checkpoint`` that writes atomically: ``torch.save`` to a hidden temporary
+    file in the target folder, ``fsync``, then ``os.replace`` over the target, so a reader (or a resumed run)
+    sees the previous complete file or the new complete file, never a partial one. Files that ``Checkpoint``
+    asks to remove are deleted only after the next checkpoint is safely on disk, so there is always one to
+    resume from. Only rank 0 of an initialised process group writes; other ranks do nothing.
+
+    Args:
+        dirname: folder of the checkpoints (created when missing).
+        filename: fixed file name for every checkpoint (e.g. ``model.pt``); None keeps the names ``Checkpoint``
+            gives (e.g. ``checkpoint_epoch=3.pt``).
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        self.dirname = str(dirname)
+        self.filename = filename
+        self._pending_removal: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """
+        Write ``checkpoint`` to ``dirname/filename`` (or the fixed file name), then remove the files replaced.
+
+        Args:
+            checkpoint: the objects' state dicts, as ``Checkpoint`` gathers them.
+            filename: the name ``Checkpoint`` chose; ignored when a fixed ``filename`` was given.
+            metadata: unused.
+        """
+        if is_secondary_rank():
+            return
+        name = self.filename or filename
+        os.makedirs(self.dirname, exist_ok=True)
+        path = os.path.join(self.dirname, name)
+        temporary = os.path.join(self.dirname, f".{name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "xb") as stream:
+                torch.save(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        for old_name in self._pending_removal:
+            old_path = os.path.join(self.dirname, old_name)
+            if old_name != name and os.path.exists(old_path):
+                os.remove(old_path)
+        self._pending_removal = []
+
+    def remove(self, filename: str) -> None:
+        """
+        Schedule a replaced checkpoint for deletion after the next successful write (a fixed file name is
+        simply overwritten by that write).
+
+        Args:
+            filename: the name ``Checkpoint`` gave the file.
+        """
+        if self.filename is None:
+            self._pending_removal.append(filename)
+
+
+class CheckpointSaver(MonaiCheckpointSaver):
+    """
+    ``monai.handlers.CheckpointSaver`` with the same arguments, that (1) writes every checkpoint through
+    :py:class:`AtomicDiskSaver` (atomic, previous file kept until the new one is written, rank 0 only, so the
+    handler may be attached on every rank of a DDP run), and (2) has ``state_dict()`` / ``load_state_dict()``
+    of its best-model tracker: put the saver of the best model into the ``save_dict`` and ``load_dict`` of
+    the resumable training checkpoint, and a resumed run keeps the best score, so a worse model does not
+    overwrite ``model.pt``, while ``model.pt`` itself stays a plain state dict.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+
+    def state_dict(self) -> dict:
+        """
+        Returns:
+            the best-model tracker's state (``{"_saved": [(score, file name), ...]}``), empty when the saver
+            does not track a key metric.
+        """
+        return {} if self._key_metric_checkpoint is None else self._key_metric_checkpoint.state_dict()
