@@ -127,13 +127,19 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
     workflow = _workflow("train", TRAIN, bundle_root=str(root), dataset_dir=data, **{**SMALL, "max_epochs": 2}, resume=True)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    started = []
+    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
+    started, best_at_start = [], []
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
     workflow.run()
     workflow.finalize()
     assert started == [2]  # epoch 1 came from the checkpoint
     assert trainer.state.iteration == 2  # 1 training case, batch 1, 1 crop: 1 iteration per epoch
     assert workflow.parser.get_parsed_content("train#lr_scheduler").last_epoch == 2
+    # the best Dice so far came back with the training state, so a worse epoch cannot replace models/model.pt
+    previous = torch.load(os.path.join(trained, "runs", "checkpoints", "checkpoint_final.pt"), weights_only=True)
+    ((score, _),) = previous["best_model_saver"]["_saved"]
+    assert best_at_start == [previous["best_model_saver"]] and 0 <= score <= 1
 
 
 def _cli_env() -> dict[str, str]:
