@@ -8,7 +8,9 @@ import torch
 from monai.networks.nets import SwinUNETR
 from sklearn.metrics import roc_auc_score
 
-from monai_dae.handlers.classification import binary_roc_auc, classification_metrics
+from ignite.engine import Engine
+
+from monai_dae.handlers.classification import HeadNormRecalibration, binary_roc_auc, classification_metrics
 from monai_dae.networks import DAESwinUNETR, SwinClassifier
 from monai_dae.networks.classifier import FeatureBatchNorm
 from monai_dae.weights import load_pretrained
@@ -81,6 +83,29 @@ def test_feature_batch_norm_running_statistics_start_from_the_data():
     with torch.no_grad():
         assert 0.3 < float(fresh.eval()(held_out).std(0).min()) < 3.0
         assert float(plain.eval()(held_out).std(0).max()) < 0.02
+
+
+def test_head_norm_recalibration_before_each_validation():
+    net = _classifier(dropout_path_rate=0.5).train()
+    torch.manual_seed(1)
+    batches = [{"image": torch.randn(2, 4, SIZE, SIZE, SIZE)} for _ in range(3)]
+    net.head_norm.running_mean.fill_(5.0), net.head_norm.running_var.fill_(100.0)  # stale statistics
+    encoder = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("swinViT.")}
+    evaluator = Engine(lambda engine, batch: None)
+    recalibration = HeadNormRecalibration(net, batches, device="cpu")
+    recalibration.attach(evaluator)
+    evaluator.run([0])
+    net.eval()
+    with torch.no_grad():  # the features of evaluation mode (no stochastic depth)
+        features = net.features(torch.cat([b["image"] for b in batches]))
+    torch.testing.assert_close(net.head_norm.running_mean, features.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net.head_norm.running_var, features.var(0), rtol=1e-4, atol=1e-7)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in encoder.items())
+    assert recalibration() == 6
+    net.train()
+    recalibration()
+    assert net.training and net.swinViT.training  # the training mode is restored
+    assert HeadNormRecalibration(_classifier(head_norm="layer"), batches, device="cpu")() == 0
 
 
 def test_freeze_encoder_is_a_linear_probe():
