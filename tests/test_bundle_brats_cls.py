@@ -1,8 +1,8 @@
 """
 Model-Zoo-style tests of the ``dae_brats_cls`` bundle: 4-modality NIfTI phantoms in the BraTS 2018 layout are
 written here, the data list is built with ``tools/brats_datalist.py``, then the real ``monai.bundle`` machinery
-(``ConfigWorkflow``, ``verify_net_in_out``, ``ckpt_export``, ``onnx_export``) runs with tiny overrides: 32^3 inputs (the encoder
-alone trains at 32^3), feature size 12, one epoch.
+(``ConfigWorkflow``, ``verify_net_in_out``, ``ckpt_export``, ``onnx_export``) runs with tiny overrides: 32^3
+inputs (the encoder alone trains at 32^3), feature size 12, one epoch.
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def test_onnx_export(trained, tmp_path):
     x = torch.randn(1, 4, 32, 32, 32)
     (logits,) = ReferenceEvaluator(model).run(None, {graph_input.name: x.numpy()})
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(logits), _trained_classifier(trained["root"])(x), atol=1e-4, rtol=1e-4)
+        expected = _trained_classifier(trained["root"])(x)
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_metadata_verifies_with_the_model_zoo_schema():

@@ -13,10 +13,14 @@ Steps, all through the bundles' own configs (``ConfigWorkflow``):
 4. run ``inference.json`` with each arm's best checkpoint (by validation AUC) on the held-out test set and print
    accuracy, balanced accuracy and ROC AUC; a JSON summary is written next to the runs.
 
-CPU-sized defaults (feature size 12, 32^3 classifier input, 64^3 pretraining crops) take about 20-40 minutes
-on 2 cores; on a GPU use ``--feature_size 48 --spatial_size 96`` and more epochs. Example::
+The CPU-sized defaults (feature size 12, 32^3 classifier input, 64^3 pretraining crops) took 93 minutes on a
+2-core CPU shared with other jobs: 61 for the DAE pretraining, 4-13 per fine-tuning arm. ``--pretrained_path``
+reuses the weights of an earlier run on the same (deterministically generated) phantoms. On a GPU use
+``--feature_size 48 --spatial_size 96`` and more epochs. Example::
 
-    python tools/learning_check_brats.py --work_dir runs/learning_check_brats
+    python tools/learning_check_brats.py --work_dir runs/learning_check_brats --arms "['scratch','dae','dae_probe']"
+    python tools/learning_check_brats.py --work_dir runs/learning_check_brats2 --seeds "[0,1]" \
+        --arms "['scratch','dae','dae_probe']" --pretrained_path runs/learning_check_brats/pretrain/models/model.pt
 """
 
 from __future__ import annotations
