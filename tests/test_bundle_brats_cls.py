@@ -300,11 +300,17 @@ def test_linear_probe_keeps_the_encoder_and_resumes(sample, pretrained_path, tmp
     workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **{**overrides, "max_epochs": 2, "resume": True})
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    started = []
+    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
+    started, best_at_start = [], []
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
     workflow.run()
     workflow.finalize()
     assert started == [2] and trainer.state.iteration == 4  # epoch 1 came from the checkpoint
+    # the best AUC so far came back with the training state, so a worse epoch cannot replace models/model.pt
+    previous = torch.load(tmp_path / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
+    ((score, _),) = best_at_start[0]["_saved"]
+    assert 0 <= score <= 1 and previous["best_model_saver"] == best_model_saver.state_dict()
 
 
 def _cli_overrides(values: dict) -> list[str]:

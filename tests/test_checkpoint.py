@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
@@ -51,7 +52,7 @@ def _run(saver: CheckpointSaver, network: torch.nn.Linear, scores: list[float], 
     @engine.on(Events.EPOCH_COMPLETED)
     def _validate(engine):
         network.weight.data.fill_(weights[engine.state.epoch - 1])
-        engine.state.metrics["val_dice"] = scores[engine.state.epoch - 1]
+        engine.state.metrics["val_dice"] = np.float64(scores[engine.state.epoch - 1])  # as ROCAUC returns it
 
     saver.attach(engine)  # after _validate, as a validation handler runs after the metrics
     engine.run([0], max_epochs=len(scores))
@@ -63,8 +64,10 @@ def test_best_model_tracker_survives_a_resume_and_model_pt_stays_a_plain_state_d
     _run(saver, network, scores=[0.5, 0.8, 0.6], weights=[1.0, 2.0, 3.0])
     best = torch.load(tmp_path / "model.pt", weights_only=True)
     assert list(best) == ["weight"] and best["weight"].item() == 2.0  # epoch 2, the best score
-    state = saver.state_dict()
+    torch.save({"best_model_saver": saver.state_dict()}, tmp_path / "checkpoint.pt")  # in a training checkpoint
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best_model_saver"]
     assert [score for score, _ in state["_saved"]] == [0.8]
+    os.remove(tmp_path / "checkpoint.pt")
 
     # a resumed run with a fresh saver: a worse first validation must not replace the best model
     resumed = _best_model_saver(tmp_path, network)

@@ -103,7 +103,11 @@ class CheckpointSaver(MonaiCheckpointSaver):
     def state_dict(self) -> dict:
         """
         Returns:
-            the best-model tracker's state (``{"_saved": [(score, file name), ...]}``), empty when the saver
-            does not track a key metric.
+            the best-model tracker's state (``{"_saved": [(score, file name), ...]}``, scores as Python floats
+            so that ``torch.load(weights_only=True)`` reads them back even when a metric returned a NumPy
+            scalar), empty when the saver does not track a key metric.
         """
-        return {} if self._key_metric_checkpoint is None else self._key_metric_checkpoint.state_dict()
+        if self._key_metric_checkpoint is None:
+            return {}
+        state = self._key_metric_checkpoint.state_dict()
+        return {key: [(float(score), str(name)) for score, name in items] for key, items in state.items()}
