@@ -151,6 +151,10 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
     final = torch.load(root / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
     assert final["best_model_saver"] == best_model_saver.state_dict()
     assert not [name for name in os.listdir(root / "runs" / "checkpoints") if name.startswith(".")]  # no temporaries
+    # both key metrics (training loss, validation L1) are better when lower, also in the engines' best-value logs
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert trainer.metric_cmp_fn(0.1, 0.2) and not evaluator.metric_cmp_fn(0.2, 0.1)
+    assert evaluator.state.best_metric == pytest.approx(evaluator.state.metrics["val_l1"])
     workflow.finalize()
 
 
