@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,32 +37,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
+from learning_check_common import bundle_configs, run_workflow, validation_curve  # noqa: E402
 from monai_dae.data.brats import build_datalist, scan_brats_folder  # noqa: E402
 from monai_dae.data.phantoms import write_sample_dataset  # noqa: E402
 
-PRETRAIN = REPO / "bundles" / "dae_pretrain" / "configs"
-CLASSIFY = REPO / "bundles" / "dae_brats_cls" / "configs"
-
-
-def _workflow(config_file, workflow_type: str, before_run=None, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=str(CLASSIFY / "metadata.json") if "dae_brats_cls" in str(config_file) else str(PRETRAIN / "metadata.json"),
-        logging_file=str(CLASSIFY / "logging.conf"),
-        workflow_type=workflow_type,
-        **overrides,
-    )
-    workflow.initialize()
-    problems = workflow.check_properties()
-    if problems:
-        raise RuntimeError(f"check_properties of {config_file}: {problems}")
-    if before_run is not None:
-        before_run(workflow)
-    workflow.run()
-    return workflow
+PRETRAIN = bundle_configs("dae_pretrain")
+CLASSIFY = bundle_configs("dae_brats_cls")
 
 
 def _phantoms(folder: Path, num_subjects: int, seed: int, brain_shape: Sequence[int]) -> str:
@@ -159,9 +140,10 @@ def check(
         pretrain_list.write_text(json.dumps(split, indent=2))
         root = work / "pretrain"
         tick = time.time()
-        workflow = _workflow(
-            str(PRETRAIN / "train.json"),
+        workflow = run_workflow(
+            "train.json",
             "train",
+            PRETRAIN,
             bundle_root=str(root),
             dataset_dir=train_dir,
             datalist=str(pretrain_list),
@@ -191,20 +173,11 @@ def check(
             tick = time.time()
             curve: list[dict] = []
 
-            def record(workflow, curve=curve):
-                from ignite.engine import Events
-
-                trainer = workflow.parser.get_parsed_content("train#trainer")
-                evaluator = workflow.parser.get_parsed_content("validate#evaluator")
-                evaluator.add_event_handler(
-                    Events.EPOCH_COMPLETED,
-                    lambda engine: curve.append({"epoch": trainer.state.epoch, **dict(engine.state.metrics)}),
-                )
-
-            workflow = _workflow(
-                str(CLASSIFY / "train.json"),
+            workflow = run_workflow(
+                "train.json",
                 "train",
-                before_run=record,
+                CLASSIFY,
+                before_run=validation_curve(curve),
                 bundle_root=str(root),
                 dataset_dir=train_dir,
                 datalist=str(datalist_path),
@@ -227,9 +200,10 @@ def check(
             best_val_auc = float(evaluator.state.best_metric)
             workflow.finalize()
             train_seconds = time.time() - tick
-            workflow = _workflow(
-                str(CLASSIFY / "inference.json"),
+            workflow = run_workflow(
+                "inference.json",
                 "infer",
+                CLASSIFY,
                 bundle_root=str(root),
                 dataset_dir=test_dir,
                 datalist=str(test_path),
