@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 from onnx.reference import ReferenceEvaluator
 
@@ -27,7 +26,8 @@ from monai_dae.data.brats import SubjectError
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.networks import DAESwinUNETR, SwinClassifier
 
-REPO = Path(__file__).resolve().parents[1]
+from bundle_testing import REPO, cli_env, cli_overrides, record_epoch_starts
+
 sys.path.insert(0, str(REPO / "tools"))
 from brats_datalist import build as build_datalist  # noqa: E402
 
@@ -299,27 +299,16 @@ def test_linear_probe_keeps_the_encoder_and_resumes(sample, pretrained_path, tmp
 
     workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **{**overrides, "max_epochs": 2, "resume": True})
     workflow.initialize()
-    trainer = workflow.parser.get_parsed_content("train#trainer")
-    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
-    started, best_at_start = [], []
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
+    started, best_at_start = record_epoch_starts(workflow)
     workflow.run()
     workflow.finalize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
     assert started == [2] and trainer.state.iteration == 4  # epoch 1 came from the checkpoint
     # the best AUC so far came back with the training state, so a worse epoch cannot replace models/model.pt
     previous = torch.load(tmp_path / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
     ((score, _),) = best_at_start[0]["_saved"]
+    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
     assert 0 <= score <= 1 and previous["best_model_saver"] == best_model_saver.state_dict()
-
-
-def _cli_overrides(values: dict) -> list[str]:
-    """Command-line overrides as ``python -m monai.bundle`` (fire) parses them: Python literals."""
-    return [f"--{k}={v if isinstance(v, str) else repr(v)}" for k, v in values.items()]
-
-
-def _cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
@@ -331,9 +320,9 @@ def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     command = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--meta_file", META,
         "--bundle_root", str(tmp_path), "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{store}",
-        "--experiment_name", "brats_cls_test", *_cli_overrides(overrides),
+        "--experiment_name", "brats_cls_test", *cli_overrides(**overrides),
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Iteration" not in result.stderr + result.stdout  # --progress_bar=False reached the config as False
     import mlflow
@@ -378,9 +367,9 @@ def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path)
         META,
         "--bundle_root",
         str(tmp_path),
-        *_cli_overrides(overrides),
+        *cli_overrides(**overrides),
     ]
-    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved from the unwrapped network

@@ -18,14 +18,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_net_in_out
 from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import BTCV_ORGANS, write_sample_dataset
 from monai_dae.networks import DAESwinUNETR
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bundle_testing import BTCV_TINY, REPO, cli_env, cli_overrides, record_epoch_starts
+
 BUNDLE = os.path.join(REPO, "bundles", "dae_btcv_seg")
 CONFIGS = os.path.join(BUNDLE, "configs")
 TRAIN = os.path.join(CONFIGS, "train.json")
@@ -35,19 +35,9 @@ INFERENCE = os.path.join(CONFIGS, "inference.json")
 META = os.path.join(CONFIGS, "metadata.json")
 LOGGING = os.path.join(CONFIGS, "logging.conf")
 
-FEATURE = 12
+FEATURE = BTCV_TINY["feature_size"]
 ROI = [64, 64, 32]  # 32^3 leaves a 1^3 bottleneck that InstanceNorm rejects in training; 2 x 2 x 1 trains
-SMALL = {
-    "feature_size": FEATURE,
-    "roi_size": ROI,
-    "max_epochs": 1,
-    "val_interval": 1,
-    "num_samples": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "sw_batch_size": 1,
-    "progress_bar": False,
-}
+SMALL = {**BTCV_TINY, "roi_size": ROI}
 
 
 def _workflow(workflow_type: str, config_file, **override) -> ConfigWorkflow:
@@ -124,31 +114,19 @@ def test_multi_gpu_overlay_single_gloo_rank(trained, data, tmp_path, monkeypatch
 def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
     root = tmp_path / "bundle"
     shutil.copytree(trained, root)
-    workflow = _workflow("train", TRAIN, bundle_root=str(root), dataset_dir=data, **{**SMALL, "max_epochs": 2}, resume=True)
+    overrides = {**SMALL, "bundle_root": str(root), "dataset_dir": data, "max_epochs": 2, "resume": True}
+    workflow = _workflow("train", TRAIN, **overrides)
     workflow.initialize()
-    trainer = workflow.parser.get_parsed_content("train#trainer")
-    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
-    started, best_at_start = [], []
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
+    started, best_at_start = record_epoch_starts(workflow)
     workflow.run()
     workflow.finalize()
     assert started == [2]  # epoch 1 came from the checkpoint
-    assert trainer.state.iteration == 2  # 1 training case, batch 1, 1 crop: 1 iteration per epoch
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2  # 1 training case, batch 1, 1 crop: 1 iteration per epoch
     assert workflow.parser.get_parsed_content("train#lr_scheduler").last_epoch == 2
     # the best Dice so far came back with the training state, so a worse epoch cannot replace models/model.pt
     previous = torch.load(os.path.join(trained, "runs", "checkpoints", "checkpoint_final.pt"), weights_only=True)
     ((score, _),) = previous["best_model_saver"]["_saved"]
     assert best_at_start == [previous["best_model_saver"]] and 0 <= score <= 1
-
-
-def _cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-
-
-def _cli_overrides(values: dict) -> list[str]:
-    """Overrides as ``python -m monai.bundle`` (fire) parses them: Python literals (``False``, not ``false``)."""
-    return [f"--{k}={v if isinstance(v, str) else repr(v)}" for k, v in values.items()]
 
 
 @pytest.mark.slow
@@ -160,9 +138,9 @@ def test_cli_training_with_mlflow_tracking(data, tmp_path):
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META,
         "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{store}", "--experiment_name", "btcv_test",
         f"--output_dir=$'{tmp_path / 'runs'}'",  # a plain path would silently drop the config artifact
-        *_cli_overrides(overrides),
+        *cli_overrides(**overrides),
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     assert os.path.isfile(os.path.join(tmp_path, "models", "model.pt"))
     import mlflow
@@ -198,9 +176,9 @@ def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(data, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "training", "--config_file", f"['{TRAIN}','{MULTI_GPU}']", "--meta_file", META,
-        *_cli_overrides(overrides),
+        *cli_overrides(**overrides),
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=_cli_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     logs = result.stdout + result.stderr
     assert logs.count("SupervisedTrainer - INFO - Epoch[1] Complete") == 1  # rank 0 logs only

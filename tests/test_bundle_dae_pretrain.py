@@ -17,13 +17,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from bundle_testing import REPO, cli_env, cli_overrides, record_epoch_starts
+
 CONFIGS = REPO / "bundles" / "dae_pretrain" / "configs"
 TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
@@ -139,9 +139,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
-    started, best_at_start = [], []
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
+    started, best_at_start = record_epoch_starts(workflow)
     workflow.run()
     assert started == [2]  # epoch 1 came from the checkpoint
     assert trainer.state.iteration == 4
@@ -209,15 +207,8 @@ def test_inference_writes_reconstructions_aligned_with_the_inputs(trained, sampl
 
 
 def _bundle_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _cli_overrides(**values) -> list[str]:
-    # fire reads Python literals: booleans must be True/False (a lowercase "false" would be the string "false")
-    return [f"--{k}={v if isinstance(v, str) else repr(v)}" for k, v in values.items()]
+    command = [sys.executable, "-m", "monai.bundle", *args]
+    return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -243,7 +234,7 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
         META,
         "--tracking",
         "mlflow",
-        *_cli_overrides(
+        *cli_overrides(
             dataset_dir=str(data),
             datalist=str(datalist),
             bundle_root=str(tmp_path / "bundle"),
@@ -280,7 +271,6 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
         "-m",
@@ -295,14 +285,14 @@ def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path)
         f"['{TRAIN}','{MULTI_GPU}']",
         "--meta_file",
         META,
-        *_cli_overrides(
+        *cli_overrides(
             dataset_dir=sample["root"],
             bundle_root=str(tmp_path),
             output_dir=str(tmp_path / "runs"),
             **{k: v for k, v in TINY.items() if k not in ("device", "amp")},
         ),
     ]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     # 5 training files over 2 ranks (even_divisible pads to 3 each), batch 2 with drop_last: 1 iteration per rank
     logs = result.stdout + result.stderr

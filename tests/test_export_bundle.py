@@ -29,25 +29,16 @@ from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from bundle_testing import BTCV_TINY, REPO, cli_overrides
+
 sys.path.insert(0, str(REPO / "tools"))
 from export_bundle import SCHEMA, SCHEMA_MD5, bundle_entries, export_bundle  # noqa: E402
 
 BUNDLES = ("dae_brats_cls", "dae_btcv_seg", "dae_pretrain")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ts", ".onnx")
-FEATURE = 12
+FEATURE = BTCV_TINY["feature_size"]  # every bundle at the same test size
 ROI = [64, 64, 64]  # the Swin UNETR decoder needs more than a 1^3 bottleneck
-BTCV_TRAIN = {
-    "feature_size": FEATURE,
-    "roi_size": ROI,
-    "max_epochs": 1,
-    "val_interval": 1,
-    "num_samples": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "sw_batch_size": 1,
-    "progress_bar": False,
-}
+BTCV_TRAIN = {**BTCV_TINY, "roi_size": ROI}
 
 # A Python that sees the virtual environment's packages but not the editable monai_dae: "-S" skips the .pth
 # files of site-packages, one of which installs the editable finder pointing at this checkout.
@@ -81,11 +72,6 @@ def _isolated(*args: str, cwd: Path, timeout: int = 900) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, "-S", *args], cwd=cwd, env=ISOLATED_ENV, capture_output=True, text=True, timeout=timeout
     )
-
-
-def _cli_overrides(**values) -> list[str]:
-    # fire reads Python literals: booleans must be True/False
-    return [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in values.items()]
 
 
 def _metadata(root: Path) -> dict:
@@ -149,7 +135,7 @@ def btcv_trained(unzipped, btcv_data) -> Path:
         "configs/metadata.json",
         "--logging_file",
         "configs/logging.conf",
-        *_cli_overrides(dataset_dir=btcv_data, **BTCV_TRAIN),
+        *cli_overrides(dataset_dir=btcv_data, **BTCV_TRAIN),
         cwd=root,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -360,7 +346,7 @@ def test_download_installs_the_zip_and_the_installed_copy_runs(exported, btcv_tr
         "configs/metadata.json",
         "--logging_file",
         "configs/logging.conf",
-        *_cli_overrides(image=str(image), feature_size=FEATURE, roi_size=ROI, sw_batch_size=1, num_workers=0),
+        *cli_overrides(image=str(image), feature_size=FEATURE, roi_size=ROI, sw_batch_size=1, num_workers=0),
         cwd=root,
     )
     assert result.returncode == 0, result.stderr[-4000:]

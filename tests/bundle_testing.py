@@ -1,0 +1,68 @@
+"""
+What the bundle tests share: the repository root, the command-line form of bundle overrides, the environment
+of a ``python -m monai.bundle`` subprocess, the tiny ``dae_btcv_seg`` settings, and the probe that a resumed
+training uses to see where it started and which best score it brought back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+REPO = Path(__file__).resolve().parents[1]
+
+# dae_btcv_seg at test size; the crop size is each test's (the Swin UNETR decoder needs more than a 1^3 bottleneck)
+BTCV_TINY = {
+    "feature_size": 12,
+    "max_epochs": 1,
+    "val_interval": 1,
+    "num_samples": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "sw_batch_size": 1,
+    "progress_bar": False,
+}
+
+
+def cli_overrides(**values) -> list[str]:
+    """
+    Bundle overrides as ``python -m monai.bundle`` (fire) parses them: Python literals, so that a boolean is
+    ``False`` (a lowercase ``false`` would arrive as the string "false", which is true).
+
+    Args:
+        values: top-level config keys and their values.
+
+    Returns:
+        the ``--key=value`` arguments.
+    """
+    return [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in values.items()]
+
+
+def cli_env() -> dict[str, str]:
+    """
+    Returns:
+        the environment of a bundle subprocess: this checkout importable, one OpenMP thread per process.
+    """
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def record_epoch_starts(workflow: ConfigWorkflow) -> tuple[list[int], list[dict]]:
+    """
+    Watch an initialised training workflow: at every epoch start, the epoch number and the state of
+    ``validate#best_model_saver`` (the best scores so far) are appended to the returned lists.
+
+    Args:
+        workflow: a training ``ConfigWorkflow`` after ``initialize()``.
+
+    Returns:
+        the epochs started and the best-model tracker's state at each of those starts.
+    """
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    best_model_saver = workflow.parser.get_parsed_content("validate#best_model_saver")
+    started, best_at_start = [], []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
+    return started, best_at_start
