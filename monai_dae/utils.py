@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
+from typing import Any
 from pathlib import Path
 
 import torch
 
-__all__ = ["bundle_dir", "latest_checkpoint", "amp_dtype", "is_secondary_rank"]
+__all__ = ["bundle_dir", "latest_checkpoint", "save_atomically", "amp_dtype", "is_secondary_rank"]
 
 
 def bundle_dir(name: str) -> str:
@@ -43,6 +45,31 @@ def latest_checkpoint(directory: str, pattern: str = "checkpoint*.pt") -> str | 
     """
     files = glob.glob(os.path.join(directory, pattern))
     return max(files, key=os.path.getmtime) if files else None
+
+
+def save_atomically(obj: Any, path: str) -> None:
+    """
+    ``torch.save`` that never leaves a partial file: write to a hidden temporary file in the target folder,
+    ``fsync``, then ``os.replace`` it over ``path``. A reader sees the previous complete file or the new
+    complete file; a failed or interrupted write removes the temporary file and leaves ``path`` as it was.
+
+    Args:
+        obj: what to save (e.g. a state dict).
+        path: the target file; its folder is created when missing.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def amp_dtype(device: torch.device | str) -> torch.dtype:

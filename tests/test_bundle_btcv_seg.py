@@ -121,7 +121,8 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
     workflow.run()
     workflow.finalize()
     assert started == [2]  # epoch 1 came from the checkpoint
-    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2  # 1 training case, batch 1, 1 crop: 1 iteration per epoch
+    # 1 training case, batch 1, 1 crop: 1 iteration per epoch
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2
     assert workflow.parser.get_parsed_content("train#lr_scheduler").last_epoch == 2
     # the best Dice so far came back with the training state, so a worse epoch cannot replace models/model.pt
     previous = torch.load(os.path.join(trained, "runs", "checkpoints", "checkpoint_final.pt"), weights_only=True)

@@ -243,7 +243,7 @@ def test_wrong_requests_write_nothing(checkpoints, tmp_path):
         convert_checkpoint(checkpoints["monai_ssl"][0], "dae_btcv_seg", output=str(output), feature_size=24)
     with pytest.raises(RuntimeError, match="'stem' to 'conv'"):  # forced patch stem for conv-stem weights
         convert_checkpoint(checkpoints["dae_official"][0], "dae_btcv_seg", output=str(output), stem="patch")
-    with pytest.raises(FileNotFoundError, match="target bundle 'dae_mae' not found"):
+    with pytest.raises(FileNotFoundError, match="bundle 'dae_mae' not found"):
         convert_checkpoint(checkpoints["monai_ssl"][0], "dae_mae", output=str(output))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         convert_checkpoint(str(tmp_path / "nope.pth"), "dae_btcv_seg", output=str(output))

@@ -42,9 +42,10 @@ from typing import Any
 import fire
 import torch
 
+from bundle_paths import REPO_ROOT, resolve_bundle
+
 # allow running as a script from a checkout without installing the package
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, str(REPO_ROOT))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
@@ -56,38 +57,15 @@ from monai_dae.weights import (  # noqa: E402
     load_pretrained,
     read_checkpoint,
 )
+from monai_dae.utils import save_atomically  # noqa: E402
 
-__all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "resolve_bundle", "zip_member"]
+__all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "zip_member"]
 
 ARCHITECTURE_KEYS = ("feature_size", "stem", "use_v2")
 """Config keys set from the checkpoint: a top-level key of the bundle when it has one, else ``network_def#key``."""
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _CONFIG_WRAPPERS = ("Failed to evaluate", "Failed to instantiate")
-
-
-def resolve_bundle(target: str) -> str:
-    """
-    The root folder of a target bundle.
-
-    Args:
-        target: a bundle folder (holding ``configs/train.json``), or the name of a bundle of this checkout
-            (``dae_pretrain``, ``dae_btcv_seg``, ``dae_brats_cls``).
-
-    Returns:
-        the absolute bundle root.
-
-    Raises:
-        FileNotFoundError: neither a bundle folder nor a bundle of this checkout.
-    """
-    for candidate in (target, os.path.join(REPO_ROOT, "bundles", target)):
-        if os.path.isfile(os.path.join(candidate, "configs", "train.json")):
-            return os.path.abspath(candidate)
-    bundles_dir = os.path.join(REPO_ROOT, "bundles")
-    known = sorted(os.listdir(bundles_dir)) if os.path.isdir(bundles_dir) else []
-    raise FileNotFoundError(
-        f"target bundle '{target}' not found: expected a bundle folder with configs/train.json or one of {known}."
-    )
 
 
 @contextlib.contextmanager
@@ -185,23 +163,6 @@ def _config_id(parser: ConfigParser, key: str, config_file: str) -> str:
     )
 
 
-def _atomic_save(state: dict[str, torch.Tensor], output: str) -> None:
-    """``torch.save`` to a temporary file in the output folder, then rename it over ``output``."""
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".convert_", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, output)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def convert_checkpoint(
     checkpoint: str,
     target: str,
@@ -241,7 +202,7 @@ def convert_checkpoint(
         FileNotFoundError, RuntimeError, ValueError: unreadable checkpoint (pickled code included), unknown
             layout, or weights that do not fit the target network; nothing is written then.
     """
-    bundle_root = resolve_bundle(target)
+    bundle_root = str(resolve_bundle(target, required="configs/train.json"))
     config_file = os.path.join(bundle_root, "configs", "train.json")
     parser = ConfigParser()
     parser.read_config(config_file)
@@ -291,7 +252,7 @@ def convert_checkpoint(
     if unknown:
         raise RuntimeError(f"{config_file}: loaded keys {unknown[:4]} are not in network_def's state dict.")
     result = dict(state) if complete else {k: state[k] for k in report.loaded}
-    _atomic_save(result, output)
+    save_atomically(result, output)
 
     print(report.summary())
     new = len(result) - report.num_loaded

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import fire
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = REPO / "bundles"
-PACKAGE = REPO / "monai_dae"
-SCHEMA = REPO / "tools" / "schema" / "meta_schema_20240725.json"
+from bundle_paths import REPO_ROOT, bundle_names, resolve_bundle
+
+PACKAGE = REPO_ROOT / "monai_dae"
+SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
 """The Model Zoo metadata schema, vendored so that checks run offline."""
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 """md5 of the schema file, checked on every use."""
@@ -63,26 +63,6 @@ def _packed(path: Path) -> bool:
 def _files_under(folder: Path) -> list[Path]:
     """Packed files under ``folder``, relative to it, sorted."""
     return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and _packed(p.relative_to(folder)))
-
-
-def resolve_bundle(bundle: str) -> Path:
-    """
-    The folder of a bundle given by name (a folder of ``bundles/``) or by path.
-
-    Args:
-        bundle: bundle name, e.g. "dae_btcv_seg", or a path to a bundle folder.
-
-    Returns:
-        the absolute bundle folder.
-
-    Raises:
-        FileNotFoundError: when neither exists.
-    """
-    for candidate in (Path(bundle), BUNDLES / bundle):
-        if candidate.is_dir():
-            return candidate.resolve()
-    known = ", ".join(sorted(p.name for p in BUNDLES.iterdir() if p.is_dir()))
-    raise FileNotFoundError(f"bundle '{bundle}' is neither a folder nor one of {BUNDLES}: {known}.")
 
 
 def check_bundle(bundle_dir: str | Path) -> dict:
@@ -209,7 +189,7 @@ def export_bundles(*bundles: str, output_dir: str = "dist") -> list[str]:
     Returns:
         the paths of the zips, in the order of ``bundles``.
     """
-    names = bundles or sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
+    names = bundles or bundle_names()
     return [export_bundle(bundle, output_dir) for bundle in names]
 
 

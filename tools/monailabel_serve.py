@@ -39,9 +39,10 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
-REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv-monailabel"
-REQUIREMENTS = REPO / "tools" / "monailabel_requirements.txt"
+from bundle_paths import REPO_ROOT, resolve_bundle
+
+VENV = REPO_ROOT / ".venv-monailabel"
+REQUIREMENTS = REPO_ROOT / "tools" / "monailabel_requirements.txt"
 BUNDLE = "dae_btcv_seg"
 INSTALLED_MARKER = ".installed"
 """File written into the environment once ``install`` has completed; the tests look for it."""
@@ -105,7 +106,7 @@ def install(venv: str = str(VENV), python: str = "python3.11", requirements: str
         _run([python, "-m", "venv", str(venv)])
     pip = [str(interpreter), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]
     _run([*pip, "-r", str(requirements)])
-    _run([*pip, "-e", str(REPO)])
+    _run([*pip, "-e", str(REPO_ROOT)])
     smoke_test = (
         "import itk, monai, monai_dae, monailabel, torch, torchvision; "
         "print('monailabel', monailabel.__version__, '| monai', monai.__version__, '| torch', torch.__version__)"
@@ -159,7 +160,7 @@ def setup_app(
     app_dir: str,
     model: str | None = None,
     overrides: dict[str, Any] | None = None,
-    bundle: str = str(REPO / "bundles" / BUNDLE),
+    bundle: str = BUNDLE,
     venv: str = str(VENV),
 ) -> str:
     """
@@ -173,7 +174,7 @@ def setup_app(
             ``models/model.pt``.
         overrides: bundle config ids and values written into the served copy's ``inference.json`` and
             ``train.json``, e.g. ``{"feature_size": 12}``.
-        bundle: the bundle folder to serve.
+        bundle: the bundle to serve: a bundle folder, or the name of a bundle of this checkout.
         venv: the MONAI Label environment (made by ``install``).
 
     Returns:
@@ -187,10 +188,8 @@ def setup_app(
     if not (Path(venv) / INSTALLED_MARKER).is_file():
         raise FileNotFoundError(f"MONAI Label environment '{venv}' is not installed: run "
                                 f"'python tools/monailabel_serve.py install --venv {venv}' first.")
-    bundle_path = Path(bundle).resolve()
+    bundle_path = resolve_bundle(bundle, required="configs/inference.json")
     model_file = Path(model) if model else bundle_path / "models" / "model.pt"
-    if not (bundle_path / "configs" / "inference.json").is_file():
-        raise FileNotFoundError(f"'{bundle_path}' is not a bundle: configs/inference.json is missing.")
     if not model_file.is_file():
         raise FileNotFoundError(f"Model weights '{model_file}' not found: train the bundle or pass --model.")
     app = Path(app_dir).resolve()

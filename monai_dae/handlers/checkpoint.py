@@ -13,11 +13,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-from monai_dae.utils import is_secondary_rank
+from monai_dae.utils import is_secondary_rank, save_atomically
 
 __all__ = ["AtomicDiskSaver", "CheckpointSaver"]
 
@@ -53,19 +52,7 @@ class AtomicDiskSaver(BaseSaveHandler):
         if is_secondary_rank():
             return
         name = self.filename or filename
-        os.makedirs(self.dirname, exist_ok=True)
-        path = os.path.join(self.dirname, name)
-        temporary = os.path.join(self.dirname, f".{name}.{os.getpid()}.tmp")
-        try:
-            with open(temporary, "xb") as stream:
-                torch.save(checkpoint, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        save_atomically(checkpoint, os.path.join(self.dirname, name))
         for old_name in self._pending_removal:
             old_path = os.path.join(self.dirname, old_name)
             if old_name != name and os.path.exists(old_path):
