@@ -313,7 +313,10 @@ def test_linear_probe_keeps_the_encoder_and_resumes(sample, pretrained_path, tmp
 
 @pytest.mark.slow
 def test_cli_training_with_mlflow_tracking(sample, tmp_path):
-    """``--tracking mlflow`` logs loss, learning rate, validation metrics, the hyper-parameters and the config."""
+    """
+    ``--tracking mlflow`` logs loss, learning rate, validation metrics, the hyper-parameters and the config of a
+    training run, then of an evaluation (a run of its own, ended).
+    """
     store = tmp_path / "mlflow.db"
     overrides = {k: v for k, v in {**TINY, **sample}.items() if k not in ("device", "amp")}
     overrides["learning_rate"] = 2e-4
@@ -346,6 +349,23 @@ def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
     config = json.loads(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
     assert config["learning_rate"] == 2e-4 and config["spatial_size"] == [32, 32, 32]  # the merged config
+
+    # the evaluate overlay records a run of its own (metrics, parameters, config) and ends it
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{EVALUATE}']", "--meta_file", META,
+        "--bundle_root", str(tmp_path), "--tracking", "mlflow", "--tracking_uri", f"sqlite:///{store}",
+        "--experiment_name", "brats_cls_test", *cli_overrides(**overrides),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = client.search_runs([client.get_experiment_by_name("brats_cls_test").experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    (evaluation,) = [r for r in runs if r.info.run_id != run.info.run_id]
+    assert {"val_auc", "val_accuracy", "val_balanced_accuracy"} <= set(evaluation.data.metrics)
+    assert "train_loss" not in evaluation.data.metrics
+    assert evaluation.data.params["learning_rate"] == "0.0002" and evaluation.data.params["fold"] == "0"
+    (artifact,) = client.list_artifacts(evaluation.info.run_id)
+    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
 
 
 @pytest.mark.slow

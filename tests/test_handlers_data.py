@@ -23,6 +23,7 @@ from monai_dae.handlers import (
     SetRandomStateHandler,
     preview_grid,
     scalars_from_output,
+    track_evaluation,
     track_hyper_parameters,
 )
 from monai_dae.losses import DAELoss
@@ -363,3 +364,16 @@ def test_track_hyper_parameters_reaches_only_the_mlflow_handlers(tmp_path):
     assert tracked.experiment_param == {"fold": 0, "learning_rate": 4e-4, "roi_size": [96, 96, 96]}
     assert handlers[2].experiment_param == {"learning_rate": 4e-4, "roi_size": [96, 96, 96]}
     assert track_hyper_parameters([StatsHandler()], {"seed": 0}) == 0  # no --tracking: nothing to do
+
+
+def test_track_evaluation_logs_the_config_and_ends_the_run(tmp_path):
+    from monai.handlers import MLFlowHandler, StatsHandler
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    handlers = [StatsHandler(), MLFlowHandler(tracking_uri=uri, iteration_log=False)]  # MONAI's validator settings
+    config = str(tmp_path / "config_20261123_120000.json")
+    assert track_evaluation(handlers, {"fold": 0}, config) == 1
+    assert handlers[1].experiment_param == {"fold": 0}
+    assert handlers[1].artifacts == (config,) and handlers[1].close_on_complete
+    assert track_evaluation([MLFlowHandler(tracking_uri=uri)], {}, None) == 1  # --save_execute_config False
+    assert track_evaluation([StatsHandler()], {"fold": 0}, True) == 0  # no --tracking: nothing to do

@@ -8,4 +8,4 @@ from monai_dae.handlers.handlers import (
     preview_grid,
     scalars_from_output,
 )
-from monai_dae.handlers.tracking import track_hyper_parameters
+from monai_dae.handlers.tracking import track_evaluation, track_hyper_parameters
