@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 

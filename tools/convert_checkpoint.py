@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
+from monai_dae.utils import save_atomically  # noqa: E402
 from monai_dae.weights import (  # noqa: E402
     LoadReport,
     convert_state_dict,
@@ -57,7 +58,6 @@ from monai_dae.weights import (  # noqa: E402
     load_pretrained,
     read_checkpoint,
 )
-from monai_dae.utils import save_atomically  # noqa: E402
 
 __all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "zip_member"]
 
