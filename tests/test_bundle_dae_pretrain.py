@@ -105,7 +105,7 @@ def test_train_writes_checkpoints_previews_and_tensorboard(trained):
     root = trained["root"]
     assert (root / "models" / "model.pt").is_file()
     checkpoints = sorted(p.name for p in (root / "runs" / "checkpoints").iterdir())
-    assert "checkpoint_final.pt" in checkpoints
+    assert checkpoints == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]  # the epoch checkpoint, then the last
     resumable = torch.load(root / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resumable)
     previews = list((root / "runs" / "previews").rglob("*.png"))
