@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,10 @@ def save_atomically(obj: Any, path: str) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    # a name of its own ("x": never an existing file) opened with the umask's permissions, like torch.save's file
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "xb") as stream:
             torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())

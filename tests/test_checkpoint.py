@@ -10,6 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_dae.handlers import AtomicDiskSaver, CheckpointSaver
+from monai_dae.utils import save_atomically
 
 
 class _Unpicklable:
@@ -24,6 +25,13 @@ def test_atomic_saver_keeps_the_previous_file_when_a_write_fails(tmp_path):
         saver({"weight": torch.zeros(3), "broken": _Unpicklable()}, "ignored_name.pt")
     assert sorted(os.listdir(tmp_path)) == ["model.pt"]  # no temporary file left behind
     torch.testing.assert_close(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.ones(3))
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_torch_save(tmp_path):
+    save_atomically({"weight": torch.ones(3)}, str(tmp_path / "atomic.pt"))
+    torch.save({"weight": torch.ones(3)}, tmp_path / "plain.pt")
+    assert os.stat(tmp_path / "atomic.pt").st_mode == os.stat(tmp_path / "plain.pt").st_mode  # umask, not 0600
+    assert sorted(os.listdir(tmp_path)) == ["atomic.pt", "plain.pt"]
 
 
 def test_atomic_saver_removes_a_replaced_checkpoint_only_after_the_next_write(tmp_path):
