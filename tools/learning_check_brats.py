@@ -35,9 +35,8 @@ from pathlib import Path
 import fire
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from learning_check_common import bundle_configs, run_workflow, validation_curve  # noqa: E402
 from monai_dae.data.brats import build_datalist, scan_brats_folder  # noqa: E402

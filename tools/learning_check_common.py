@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-"""The checkout root: ``bundles/``, ``monai_dae/`` and ``tools/`` live here."""
+from bundle_paths import resolve_bundle
 
 
 def bundle_configs(name: str) -> Path:
@@ -24,7 +23,7 @@ def bundle_configs(name: str) -> Path:
     Returns:
         ``<repo>/bundles/<name>/configs``.
     """
-    return REPO / "bundles" / name / "configs"
+    return resolve_bundle(name) / "configs"
 
 
 def run_workflow(
