@@ -8,7 +8,7 @@ SAMPLE_DIR ?= data/sample
 DEMO_DIR ?= runs/demo
 BUNDLE := bundles/dae_pretrain
 # Demo settings: small and fast on a CPU, the paper's crop and network size when a GPU is present.
-DEMO_CPU_ARGS ?= --roi_size "[64,64,64]" --feature_size 12 --batch_size 4 --max_epochs 3 --num_workers 2
+DEMO_CPU_ARGS ?= --roi_size "[64,64,64]" --feature_size 12 --max_epochs 3 --num_workers 2
 DEMO_GPU_ARGS ?= --roi_size "[96,96,96]" --feature_size 48 --max_epochs 20 --num_workers 0
 
 .PHONY: install test demo sample-data clean monailabel-env test-monailabel

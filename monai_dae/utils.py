@@ -10,7 +10,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["bundle_dir", "latest_checkpoint", "save_atomically", "amp_dtype", "is_secondary_rank"]
+__all__ = [
+    "bundle_dir",
+    "latest_checkpoint",
+    "save_atomically",
+    "amp_dtype",
+    "is_secondary_rank",
+    "distributed_rank",
+    "distributed_world_size",
+]
 
 
 def bundle_dir(name: str) -> str:
@@ -89,6 +97,26 @@ def amp_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+def distributed_rank() -> int:
+    """
+    Returns:
+        the rank of this process in the initialised torch.distributed group, 0 without one.
+    """
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def distributed_world_size() -> int:
+    """
+    Returns:
+        the number of processes of the initialised torch.distributed group, 1 without one.
+    """
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def is_secondary_rank() -> bool:
     """
     Whether this process is a non-zero rank of an initialised torch.distributed group; configs disable
@@ -97,6 +125,4 @@ def is_secondary_rank() -> bool:
     Returns:
         True on ranks other than 0.
     """
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0
+    return distributed_rank() > 0

@@ -263,7 +263,8 @@ def test_load_datalist_resolves_relative_paths_against_dataset_dir(tmp_path, dat
     training = load_datalist(datalist, dataset_dir=str(dataset))
     assert [e["image"] for e in training] == [str(dataset / "ct" / "lung_001.nii.gz"),
                                              str(dataset / "brats" / "BraTS_001_t1ce.nii.gz")]
-    assert training[0]["modality"] == "CT"  # entries are kept; ModalityLabeld canonicalises later
+    # canonical modality names, the missing one inferred from the file name (T1ce, never T1)
+    assert [e["modality"] for e in training] == ["ct", "t1ce"]
     validation = load_datalist(datalist, dataset_dir=str(dataset), key="validation")
     assert validation[0]["image"] == str(dataset / "brats" / "BraTS_001_t1.nii")  # absolute paths stay
 

@@ -188,7 +188,7 @@ def test_default_architecture_matches_paper():
     assert model.swinViT.patch_embed.proj.out_channels == 48
     assert model.out.conv.conv.out_channels == 1
     assert model.local_masking.ratio == pytest.approx(0.6)
-    assert model.local_masking.num_masked(48) == 29  # round(28.8), as the issue defines it (the spec quotes 28 of 48)
+    assert model.local_masking.num_masked(48) == 28  # int(0.6 * 48), as the authors' code and the spec count it
 
 
 def test_rejects_unknown_stem():

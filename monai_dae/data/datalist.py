@@ -71,7 +71,8 @@ def load_datalist(
         channels: channels each NIfTI file must hold (None: any); see :py:func:`check_image_file`.
 
     Returns:
-        the entries, with absolute paths.
+        the entries, with absolute paths and, when ``modalities`` is given, each entry's canonical modality
+        name under ``modality``.
     """
     if not os.path.isfile(datalist):
         raise FileNotFoundError(f"data list not found: '{datalist}'.")
@@ -104,5 +105,6 @@ def load_datalist(
             name = canonical_modality(str(item["modality"])) if item.get("modality") else infer_modality(source, known)
             if name not in known:
                 raise ValueError(f"unknown modality '{item['modality']}' for '{source}' in data list '{datalist}'; known: {known}.")
+            item["modality"] = name
         resolved.append(item)
     return resolved

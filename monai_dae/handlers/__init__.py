@@ -2,8 +2,10 @@
 
 from monai_dae.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver
 from monai_dae.handlers.handlers import (
+    GradientClipHandler,
     LossComponentsHandler,
     ReconstructionPreviewHandler,
+    SetEpochHandler,
     SetRandomStateHandler,
     preview_grid,
     scalars_from_output,

@@ -11,7 +11,17 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
-__all__ = ["LossComponentsHandler", "SetRandomStateHandler", "ReconstructionPreviewHandler", "scalars_from_output"]
+from monai_dae.data.sampling import derive_seed
+from monai_dae.utils import distributed_rank
+
+__all__ = [
+    "LossComponentsHandler",
+    "SetRandomStateHandler",
+    "SetEpochHandler",
+    "GradientClipHandler",
+    "ReconstructionPreviewHandler",
+    "scalars_from_output",
+]
 
 
 def scalars_from_output(keys: Sequence[str]) -> Callable[[Any], dict[str, float]]:
@@ -53,28 +63,88 @@ class LossComponentsHandler:
 
 class SetRandomStateHandler:
     """
-    Re-seed random transforms at the start of every epoch of an engine, e.g. the disruptions of a validation
-    evaluator, so that validation figures are comparable across epochs.
+    Re-seed random transforms at the start of every epoch of an engine.
+
+    With ``per_epoch=False`` every epoch starts from ``seed`` (validation disruptions, so that validation figures
+    are comparable across epochs). With ``per_epoch=True`` (training) epoch e of rank r seeds the k-th object
+    with ``derive_seed(seed, e, r, k)``: runs with the same seed draw the same values, objects and ranks draw
+    independent ones, and a run resumed at epoch e draws what the uninterrupted run drew from there.
 
     Args:
-        transforms: objects with ``set_random_state(seed)``.
-        seed: the seed set at every epoch start.
+        transforms: objects with ``set_random_state(seed)`` (transforms, ``LocalMasking``, ...).
+        seed: the base seed.
+        per_epoch: derive a fresh seed for every epoch, rank and object.
     """
 
-    def __init__(self, transforms: Any, seed: int = 0) -> None:
+    def __init__(self, transforms: Any, seed: int = 0, per_epoch: bool = False) -> None:
         self.transforms = transforms if isinstance(transforms, (list, tuple)) else [transforms]
-        self.seed = seed
+        self.seed = int(seed)
+        self.per_epoch = per_epoch
 
     def attach(self, engine: Engine) -> None:
         """
         Args:
-            engine: the engine whose epochs start from the fixed seed.
+            engine: the engine whose epochs start from the seed.
         """
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        for transform in self.transforms:
-            transform.set_random_state(seed=self.seed)
+        rank = distributed_rank()
+        for index, transform in enumerate(self.transforms):
+            seed = derive_seed(self.seed, engine.state.epoch, rank, index) if self.per_epoch else self.seed
+            transform.set_random_state(seed=seed)
+
+
+class SetEpochHandler:
+    """
+    Tell objects with ``set_epoch(epoch)`` (e.g. :py:class:`monai_dae.data.SeededCacheDataset`) which epoch
+    starts, at every epoch start of an engine, before its data loader is iterated.
+
+    Args:
+        targets: objects with a ``set_epoch`` method.
+    """
+
+    def __init__(self, targets: Any) -> None:
+        self.targets = targets if isinstance(targets, (list, tuple)) else [targets]
+
+    def attach(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: the engine whose epochs are announced.
+        """
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for target in self.targets:
+            target.set_epoch(engine.state.epoch)
+
+
+class GradientClipHandler:
+    """
+    Clip the global gradient norm of a MONAI trainer's network between the backward pass and the optimizer
+    step (``IterationEvents.BACKWARD_COMPLETED``), unscaling the gradients first when the trainer uses a
+    ``GradScaler`` (AMP). The DAE authors clip at 1.0.
+
+    Args:
+        max_norm: the largest allowed L2 norm of all gradients together; 0 or less disables clipping.
+    """
+
+    def __init__(self, max_norm: float = 1.0) -> None:
+        self.max_norm = float(max_norm)
+
+    def attach(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: a ``SupervisedTrainer``.
+        """
+        if self.max_norm > 0:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None:
+            scaler.unscale_(engine.optimizer)
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
 
 
 def _volume(value: Any, index: int = 0) -> np.ndarray:

@@ -55,7 +55,7 @@ class LocalMasking(Randomizable, Transform):
     DAE local masking: zero a random subset of the channels of a (B, C, *spatial) tensor at every spatial
     position, for example the patch embedding of a Swin UNETR (B x 48 x 48^3 for a 96^3 crop).
 
-    Exactly ``round(ratio * C)`` channels are zeroed in every sample. With ``per_sample=True`` each sample gets
+    Exactly ``int(ratio * C)`` channels (28 of 48 at ratio 0.6, as in the authors' code) are zeroed in every sample. With ``per_sample=True`` each sample gets
     its own channel subset; ``per_sample=False`` draws one subset for the whole batch (the authors' behaviour).
     Masked channels are zeroed, the others are passed through unscaled, as in the paper.
 
@@ -75,15 +75,15 @@ class LocalMasking(Randomizable, Transform):
 
     def num_masked(self, num_channels: int) -> int:
         """
-        Number of channels zeroed out of ``num_channels``.
+        Number of channels zeroed out of ``num_channels``, as the authors' code counts them.
 
         Args:
             num_channels: channel count C of the tensor.
 
         Returns:
-            ``round(ratio * num_channels)``.
+            ``int(ratio * num_channels)`` (28 of 48 at ratio 0.6).
         """
-        return int(round(self.ratio * num_channels))
+        return int(self.ratio * num_channels)
 
     def randomize(self, data: tuple[int, int]) -> None:
         """
@@ -206,8 +206,8 @@ class RandAdditiveGaussianNoise(_BatchableRandomTransform):
 def simulate_low_resolution(
     batch: torch.Tensor,
     factor: float,
-    downsample_mode: str = "trilinear",
-    upsample_mode: str = "trilinear",
+    downsample_mode: str = "nearest",
+    upsample_mode: str = "nearest",
     align_corners: bool | None = False,
 ) -> torch.Tensor:
     """
@@ -244,8 +244,8 @@ class RandLowResolution(_BatchableRandomTransform):
     Args:
         prob: probability to disrupt each sample.
         factor: downsampling factor (4 in the DAE paper).
-        downsample_mode: interpolation for the downsampling; the paper uses linear ("trilinear" in 3D), the
-            authors' code "nearest".
+        downsample_mode: interpolation for the downsampling: "nearest" as in the authors' code (default), or the
+            paper's linear ("trilinear" in 3D).
         upsample_mode: interpolation for the upsampling, likewise.
         align_corners: passed to the linear modes.
         batched: the input is a batch (B, C, *spatial).
@@ -255,8 +255,8 @@ class RandLowResolution(_BatchableRandomTransform):
         self,
         prob: float = 1.0,
         factor: float = 4,
-        downsample_mode: str = "trilinear",
-        upsample_mode: str = "trilinear",
+        downsample_mode: str = "nearest",
+        upsample_mode: str = "nearest",
         align_corners: bool | None = False,
         batched: bool = False,
     ) -> None:
@@ -278,13 +278,22 @@ class RandDAEDisruption(Randomizable, Transform):
     masking, the third disruption, acts on the patch embedding inside the network
     (:py:class:`monai_dae.networks.DAESwinUNETR`).
 
+    With nearest interpolation both ways (the authors' code, the default) and an integer factor k that divides
+    the spatial sizes, downsampling keeps exactly the voxels on a stride-k grid and upsampling repeats each of
+    them k times along every axis. The noise then only matters on that grid, so it is drawn there (1/k^3 of the
+    voxels) and the result is written once: the same distribution as noise-then-resample (per-voxel noise of
+    the given variance, constant over each k^3 block), at about the cost of one copy of the volume. Other modes
+    run the two steps in turn.
+
     Args:
         noise_variance: variance of the additive noise (0 disables it).
         downsample_factor: low-resolution factor (1 disables it).
         noise_prob: probability of the noise per sample.
         low_resolution_prob: probability of the low-resolution simulation per sample.
-        downsample_mode: interpolation of the downsampling.
-        upsample_mode: interpolation of the upsampling.
+        downsample_mode: interpolation of the downsampling: "nearest" (authors' code, default) or "trilinear"
+            (the paper's linear interpolation, which averages the noise away: on a zero volume, noise of
+            variance 0.1 followed by trilinear x4 leaves a variance of about 0.004).
+        upsample_mode: interpolation of the upsampling, likewise.
         batched: inputs are batches (B, C, *spatial), each sample disrupted independently.
     """
 
@@ -296,10 +305,11 @@ class RandDAEDisruption(Randomizable, Transform):
         downsample_factor: float = 4,
         noise_prob: float = 1.0,
         low_resolution_prob: float = 1.0,
-        downsample_mode: str = "trilinear",
-        upsample_mode: str = "trilinear",
+        downsample_mode: str = "nearest",
+        upsample_mode: str = "nearest",
         batched: bool = False,
     ) -> None:
+        self.batched = batched
         self.noise = RandAdditiveGaussianNoise(
             prob=noise_prob if noise_variance > 0 else 0.0, variance=noise_variance, batched=batched
         )
@@ -327,6 +337,50 @@ class RandDAEDisruption(Randomizable, Transform):
         self.noise.randomize(data)
         self.low_resolution.randomize(data)
 
+    def grid_stride(self, spatial_shape: tuple[int, ...]) -> int | None:
+        """
+        The stride k of the voxels that survive the low-resolution step, when it is nearest down and up by an
+        integer factor that divides every spatial size; None otherwise.
+
+        Args:
+            spatial_shape: spatial sizes of the input.
+
+        Returns:
+            k, or None.
+        """
+        low = self.low_resolution
+        factor = int(low.factor)
+        if (low.downsample_mode, low.upsample_mode) != ("nearest", "nearest") or factor != low.factor:
+            return None
+        return factor if all(size % factor == 0 for size in spatial_shape) else None
+
+    def _disrupt_on_grid(self, batch: torch.Tensor, stride: int) -> torch.Tensor:
+        """Noise and nearest low resolution of a batch, each sample as randomized, drawing noise on the grid only."""
+        generator = device_generator(batch.device, self.noise._seed)
+        noisy, low = self.noise._apply, self.low_resolution._apply
+        out = torch.empty_like(batch)
+        for add_noise, coarse in sorted({(bool(n), bool(c)) for n, c in zip(noisy, low)}):
+            selected = np.flatnonzero((noisy == add_noise) & (low == coarse))
+            whole = len(selected) == batch.shape[0]
+            index = torch.as_tensor(selected, device=batch.device)
+            x = batch if whole else batch.index_select(0, index)
+            if coarse:
+                x = x[(slice(None), slice(None)) + (slice(None, None, stride),) * (batch.ndim - 2)]
+            if add_noise:
+                dtype = x.dtype if x.is_floating_point() else torch.float32
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+                x = x + noise * math.sqrt(self.noise.variance) + self.noise.mean
+            target = out if whole else torch.empty((len(selected), *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
+            if coarse:  # repeat every grid voxel over its stride^d block: one write of the output
+                grid = [size for dim in x.shape[2:] for size in (dim, 1)]
+                blocks = [size for dim in x.shape[2:] for size in (dim, stride)]
+                target.view(*x.shape[:2], *blocks).copy_(x.reshape(*x.shape[:2], *grid).expand(*x.shape[:2], *blocks))
+            else:
+                target.copy_(x)
+            if not whole:
+                out.index_copy_(0, index, target)
+        return out
+
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> torch.Tensor:
         """
         Args:
@@ -334,6 +388,19 @@ class RandDAEDisruption(Randomizable, Transform):
             randomize: draw new random values first.
 
         Returns:
-            the disrupted tensor.
+            the disrupted tensor, same shape, dtype and device.
         """
-        return self.low_resolution(self.noise(img, randomize=randomize), randomize=randomize)
+        img_t = convert_to_tensor(img, track_meta=False)
+        batch = img_t if self.batched else img_t.unsqueeze(0)
+        if randomize:
+            self.randomize(batch.shape[0])
+        stride = self.grid_stride(tuple(batch.shape[2:]))
+        if stride is None:
+            return self.low_resolution(self.noise(img, randomize=False), randomize=False)
+        if len(self.noise._apply) != batch.shape[0]:
+            raise RuntimeError(f"RandDAEDisruption was randomized for {len(self.noise._apply)} samples, got {batch.shape[0]}.")
+        out = self._disrupt_on_grid(batch, stride)
+        out = out if self.batched else out.squeeze(0)
+        if isinstance(img, MetaTensor):
+            return MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
+        return out

@@ -77,7 +77,7 @@ class RandLowResolutiond(_RandArrayWrapperd):
     """
 
     def __init__(self, keys: KeysCollection, prob: float = 1.0, factor: float = 4,
-                 downsample_mode: str = "trilinear", upsample_mode: str = "trilinear",
+                 downsample_mode: str = "nearest", upsample_mode: str = "nearest",
                  align_corners: bool | None = False, batched: bool = False,
                  allow_missing_keys: bool = False) -> None:
         transform = RandLowResolution(prob, factor, downsample_mode, upsample_mode, align_corners, batched)
@@ -102,7 +102,7 @@ class RandDAEDisruptiond(_RandArrayWrapperd):
 
     def __init__(self, keys: KeysCollection, noise_variance: float = 0.1, downsample_factor: float = 4,
                  noise_prob: float = 1.0, low_resolution_prob: float = 1.0,
-                 downsample_mode: str = "trilinear", upsample_mode: str = "trilinear",
+                 downsample_mode: str = "nearest", upsample_mode: str = "nearest",
                  batched: bool = False, allow_missing_keys: bool = False) -> None:
         transform = RandDAEDisruption(noise_variance, downsample_factor, noise_prob, low_resolution_prob,
                                       downsample_mode, upsample_mode, batched)
