@@ -103,6 +103,7 @@ class LegacyPatchMerging(PatchMerging):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
+        """Refuse a ``legacy_order`` record holding another order; otherwise load as ``nn.Module`` does."""
         key = prefix + LEGACY_ORDER_BUFFER
         if key in state_dict:
             value = state_dict[key]
