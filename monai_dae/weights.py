@@ -18,6 +18,15 @@ Supported layouts (:py:data:`LAYOUTS`), all converted to the parameter names of 
   (``swinViT.layers{s}c.*`` residual blocks), encoder only; ``module.``/``backbone.`` prefixes and
   ``swin_vit`` spellings are accepted.
 
+Patch merging: MONAI 1.5 changed the neighbour order of SwinUNETR's 3D ``PatchMerging``; the layouts
+``dae_official``, ``monai_ssl``, ``swin_ssl`` and ``voco`` were trained before, with the order that
+:py:class:`monai_dae.networks.LegacyPatchMerging` reproduces. A state dict saved from a network with that module
+records it in its ``*.downsample.legacy_order`` buffers. :py:func:`resolve_legacy_merging` is the one place
+that decides which merging a network gets (the bundle config key ``legacy_merging``: true, false or "auto", which
+follows the checkpoint the network will load), :py:func:`merging_module` turns that into SwinUNETR's
+``downsample`` argument, and :py:func:`load_pretrained` refuses a checkpoint whose recorded merging differs from
+the network's.
+
 Every load is counted: :py:func:`load_pretrained` returns a :py:class:`LoadReport` listing the tensors that
 were loaded, skipped (with the reason) and left newly initialised, logs it, and raises when the Swin
 transformer backbone (``swinViT.*``) did not load completely, instead of silently training from scratch.
@@ -44,9 +53,12 @@ import torch
 import torch.nn as nn
 
 from monai_dae.networks.dae_swin_unetr import use_conv_stem
+from monai_dae.networks.merging import LegacyPatchMerging, is_merging_record
 
 __all__ = [
     "LAYOUTS",
+    "LEGACY_MERGING_LAYOUTS",
+    "LEGACY_MERGING_SETTINGS",
     "INPUT_WEIGHT_KEYS",
     "LoadReport",
     "read_checkpoint",
@@ -55,6 +67,9 @@ __all__ = [
     "infer_architecture",
     "adapt_in_channels",
     "load_pretrained",
+    "checkpoint_merging",
+    "resolve_legacy_merging",
+    "merging_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +82,14 @@ LAYOUTS: dict[str, str] = {
     "voco": "VoCo SwinUNETR weights (SwinUNETR names, use_v2=True)",
 }
 """The supported checkpoint layouts and what produces them."""
+
+LEGACY_MERGING_LAYOUTS: tuple[str, ...] = ("dae_official", "monai_ssl", "swin_ssl", "voco")
+"""Published layouts trained with MONAI < 1.5, i.e. with the patch merging of
+:py:class:`monai_dae.networks.LegacyPatchMerging`. A ``dae_bundle`` state dict used it iff it has the
+``*.downsample.legacy_order`` buffers."""
+
+LEGACY_MERGING_SETTINGS: tuple[bool | str, ...] = (True, False, "auto")
+"""Allowed values of the bundle config key ``legacy_merging``."""
 
 INPUT_WEIGHT_KEYS: tuple[str, ...] = (
     "swinViT.patch_embed.proj.weight",
@@ -100,6 +123,9 @@ class LoadReport:
         missing: network keys that received nothing and keep their fresh initialisation.
         adapted: loaded keys whose input-channel dimension was adapted by :py:func:`adapt_in_channels`.
         skip_reasons: reason for each skipped key.
+        legacy_merging: whether the network uses the patch merging of MONAI < 1.5 (``LegacyPatchMerging``).
+        merging: which patch merging the network uses and why, e.g. "legacy patch merging (checkpoint layout
+            'swin_ssl' was trained with MONAI < 1.5)".
     """
 
     path: str
@@ -109,6 +135,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)
+    legacy_merging: bool = False
+    merging: str = ""
 
     @property
     def num_loaded(self) -> int:
@@ -139,6 +167,8 @@ class LoadReport:
             + (f", input channels adapted for {self.num_adapted}" if self.adapted else "")
             + "."
         ]
+        if self.merging:
+            lines.append(f"  {self.merging}")
         by_reason: dict[str, list[str]] = {}
         for key in self.skipped:
             by_reason.setdefault(self.skip_reasons.get(key, "unknown"), []).append(key)
@@ -427,6 +457,133 @@ def adapt_in_channels(
     return result
 
 
+def checkpoint_merging(state_dict: Mapping[str, torch.Tensor], layout: str | None = None) -> tuple[bool, str]:
+    """
+    The patch merging a checkpoint was trained with: the published layouts of
+    :py:data:`LEGACY_MERGING_LAYOUTS` predate MONAI 1.5 (legacy merging); any other state dict used the legacy
+    merging iff it records it in ``*.downsample.legacy_order`` buffers (:py:class:`LegacyPatchMerging`).
+
+    Args:
+        state_dict: a checkpoint's state dict (original or converted names).
+        layout: its layout, one of :py:data:`LAYOUTS`; None detects it.
+
+    Returns:
+        ``(legacy, reason)``: whether it needs :py:class:`LegacyPatchMerging`, and why, in words.
+    """
+    layout = layout or detect_layout(state_dict)
+    if layout in LEGACY_MERGING_LAYOUTS:
+        return True, f"checkpoint layout '{layout}' was trained with MONAI < 1.5"
+    if any(is_merging_record(k) for k in state_dict):
+        return True, "the checkpoint records it in its '*.downsample.legacy_order' buffers"
+    return False, f"checkpoint layout '{layout}' without '*.downsample.legacy_order' buffers, saved with MONAI >= 1.5"
+
+
+def resolve_legacy_merging(setting: bool | str, path: str | None = None) -> bool:
+    """
+    Decide whether a network gets the patch merging of MONAI < 1.5 (:py:class:`LegacyPatchMerging`): the value
+    of the bundle config key ``legacy_merging``. Every bundle config and ``tools/convert_checkpoint.py`` decide
+    through this function. The decision and its reason are logged.
+
+    ``True`` / ``False`` are taken as given. ``"auto"`` follows the checkpoint the network is about to load
+    (see :py:func:`checkpoint_merging`): legacy for the published layouts ``dae_official``, ``monai_ssl``,
+    ``swin_ssl`` and ``voco``; for a ``dae_bundle`` / SwinUNETR state dict (``models/model.pt``, a resumed
+    checkpoint), legacy iff it has ``*.downsample.legacy_order`` buffers; MONAI's current merging when there is
+    no checkpoint (empty ``path``) or the file does not exist yet (e.g. ``models/model.pt`` before training,
+    whose load then fails on its own).
+
+    Args:
+        setting: ``True``, ``False`` or ``"auto"`` (:py:data:`LEGACY_MERGING_SETTINGS`).
+        path: the checkpoint the network will load (``pretrained_path`` for training, ``models/model.pt`` for
+            evaluation and inference); only read for ``"auto"``.
+
+    Returns:
+        True for the legacy merging.
+
+    Raises:
+        ValueError: ``setting`` is not one of :py:data:`LEGACY_MERGING_SETTINGS`; or, for ``"auto"``, the
+            checkpoint's layout is not recognised (the message names the file and the setting).
+        RuntimeError: for ``"auto"``, the checkpoint cannot be read.
+    """
+    if isinstance(setting, bool):
+        legacy, reason = setting, f"legacy_merging {str(setting).lower()}"
+    elif setting == "auto":
+        if not path:
+            legacy, reason = False, "legacy_merging 'auto' and no checkpoint to load"
+        elif not os.path.isfile(path):
+            legacy, reason = False, f"legacy_merging 'auto' and no checkpoint file '{path}' (yet)"
+        else:
+            state_dict = read_checkpoint(path)
+            try:
+                legacy, why = checkpoint_merging(state_dict)
+            except ValueError as error:
+                raise ValueError(
+                    f"legacy_merging 'auto' cannot decide from checkpoint '{path}': {error} Set the bundle config "
+                    "key 'legacy_merging' to true or false."
+                ) from error
+            reason = f"legacy_merging 'auto' follows '{path}': {why}"
+    else:
+        raise ValueError(
+            f"unknown value {setting!r} of the bundle config key 'legacy_merging': allowed values are true, false "
+            "and 'auto' (Python True, False, 'auto'; on the command line --legacy_merging True, False or auto)."
+        )
+    logger.info("%s patch merging (%s).", "legacy" if legacy else "current", reason)
+    return legacy
+
+
+def merging_module(setting: bool | str, path: str | None = None) -> str | type[nn.Module]:
+    """
+    SwinUNETR's ``downsample`` argument for a ``legacy_merging`` setting: what the bundle configs pass to
+    ``SwinUNETR``, ``DAESwinUNETR`` and ``SwinClassifier``.
+
+    Args:
+        setting: ``True``, ``False`` or ``"auto"``, see :py:func:`resolve_legacy_merging`.
+        path: the checkpoint the network will load, for ``"auto"``.
+
+    Returns:
+        :py:class:`monai_dae.networks.LegacyPatchMerging` for the legacy merging, else ``"merging"`` (MONAI's
+        current ``PatchMerging``, SwinUNETR's default).
+    """
+    return LegacyPatchMerging if resolve_legacy_merging(setting, path) else "merging"
+
+
+def _check_merging(report: LoadReport, converted: Mapping[str, torch.Tensor], network_legacy: bool) -> None:
+    """
+    Compare the patch merging a checkpoint was trained with to the network's: fill ``report.legacy_merging`` and
+    ``report.merging``, raise a RuntimeError for a mismatch recorded in the checkpoint's keys, and warn when a
+    published legacy checkpoint goes into a network with the current merging (``legacy_merging`` false).
+    """
+    path, layout = report.path, report.layout
+    checkpoint_legacy, why = checkpoint_merging(converted, layout)
+    recorded = any(is_merging_record(k) for k in converted)
+    report.legacy_merging = network_legacy
+    if recorded and not network_legacy:
+        raise RuntimeError(
+            f"checkpoint '{path}' (layout '{layout}') was saved from a network with the patch merging of MONAI < 1.5 "
+            "(its '*.downsample.legacy_order' buffers record it), but the network uses the current merging: set the "
+            "bundle config key 'legacy_merging' to 'auto' or true (or build the network with "
+            "downsample=monai_dae.networks.LegacyPatchMerging)."
+        )
+    if network_legacy and not checkpoint_legacy:
+        raise RuntimeError(
+            f"checkpoint '{path}' (layout '{layout}') was saved with the current patch merging of MONAI >= 1.5 (it "
+            "has no '*.downsample.legacy_order' buffers), but the network uses the legacy merging "
+            "(LegacyPatchMerging): set the bundle config key 'legacy_merging' to 'auto' or false."
+        )
+    if checkpoint_legacy and not network_legacy:
+        report.merging = (
+            f"current patch merging, although {why} (legacy_merging false): features differ from the pretraining"
+        )
+        logger.warning(
+            "checkpoint '%s' (layout '%s') was trained with the patch merging of MONAI < 1.5, but the network uses "
+            "the current merging (legacy_merging false): its features from the first patch merging on will differ "
+            "from the pretraining. Set the bundle config key 'legacy_merging' to 'auto' or true to reproduce them.",
+            path,
+            layout,
+        )
+    else:
+        report.merging = f"{'legacy' if network_legacy else 'current'} patch merging ({why})"
+
+
 def _unwrap(network: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel wrappers."""
     while isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -455,6 +612,13 @@ def load_pretrained(
     are skipped with the reason, except 1-channel input convolutions loaded into a multi-channel network,
     which are adapted with :py:func:`adapt_in_channels`.
 
+    The patch merging of the network must be the one the checkpoint was trained with (see
+    :py:func:`checkpoint_merging`; build the network with :py:func:`merging_module`): a checkpoint recording the
+    legacy merging into a network with the current one, or a ``dae_bundle`` checkpoint without that record into a
+    network with ``LegacyPatchMerging``, is refused; a published legacy layout into a network with the current
+    merging (``legacy_merging`` false, the user's choice) loads with a warning that the features will differ.
+    The report says which merging the network uses and why.
+
     The authors' official DAE checkpoint uses a convolutional stem: the network must have it too
     (``monai_dae.networks.use_conv_stem``, or ``stem: "conv"`` in the bundle configs). With
     ``switch_stem=True`` the stem of ``network`` is replaced in place instead, before the weights load (do it
@@ -478,8 +642,8 @@ def load_pretrained(
 
     Raises:
         FileNotFoundError, RuntimeError, ValueError: unreadable file or unknown layout (see
-            :py:func:`read_checkpoint`, :py:func:`detect_layout`); RuntimeError when the stems differ or the
-            backbone did not load fully.
+            :py:func:`read_checkpoint`, :py:func:`detect_layout`); RuntimeError when the stems or the patch
+            mergings differ, or the backbone did not load fully.
     """
     raw = read_checkpoint(path, map_location=map_location)
     try:
@@ -512,6 +676,7 @@ def load_pretrained(
         )
 
     report = LoadReport(path=str(path), layout=layout)
+    _check_merging(report, converted, network_legacy=any(is_merging_record(k) for k in target))
     for key, reason in dropped.items():
         report.skipped.append(key)
         report.skip_reasons[key] = reason
@@ -542,7 +707,8 @@ def load_pretrained(
             report.skipped.append(key)
             report.skip_reasons[key] = reason
     loaded = set(report.loaded)
-    report.missing = [k for k in target if k not in loaded]
+    # the merging records of a legacy network keep their constant value when the checkpoint has none (published)
+    report.missing = [k for k in target if k not in loaded and not is_merging_record(k)]
 
     if require_backbone:
         _check_backbone(report, target, path, layout)

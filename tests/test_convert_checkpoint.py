@@ -18,7 +18,16 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from monai_dae.weights import LoadReport, adapt_in_channels, convert_state_dict, infer_architecture, read_checkpoint
+from monai_dae.networks import is_merging_record
+from monai_dae.weights import (
+    LEGACY_MERGING_LAYOUTS,
+    LoadReport,
+    adapt_in_channels,
+    convert_state_dict,
+    infer_architecture,
+    read_checkpoint,
+    resolve_legacy_merging,
+)
 from test_weights import FEATURE, MAKERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,11 +113,16 @@ def test_layout_to_target(layout, target, checkpoints, tmp_path, capsys):
     assert (report.num_loaded, report.num_skipped, report.num_missing) == (loaded, skipped, missing), report.summary()
     assert report.layout == layout
     assert f"loaded {loaded} tensors, skipped {skipped}, newly initialised {missing}" in printed
-    assert f"wrote {loaded} tensors to '{output}'" in printed
     assert not [f for f in os.listdir(tmp_path / "models") if f != "out.pt"]  # no temporary file left
 
     written = torch.load(output, weights_only=True)
-    assert sorted(written) == sorted(report.loaded)
+    # published layouts predate MONAI 1.5: the file records the legacy patch merging for legacy_merging "auto"
+    records = [k for k in written if is_merging_record(k)]
+    legacy = layout in LEGACY_MERGING_LAYOUTS
+    assert report.legacy_merging == legacy and len(records) == (4 if legacy else 0)
+    assert resolve_legacy_merging("auto", output) == legacy
+    assert f"wrote {loaded + len(records)} tensors to '{output}'" in printed
+    assert sorted(set(written) - set(records)) == sorted(report.loaded)
     groups = {_group(k) for k in written}
     assert groups == set(LOADED_GROUPS[target][layout]), groups
 
@@ -121,7 +135,7 @@ def test_layout_to_target(layout, target, checkpoints, tmp_path, capsys):
 
     # the target bundle's network takes the file as is: only what was newly initialised is missing
     architecture = infer_architecture(convert_state_dict(read_checkpoint(path)))
-    network, _ = bundle_network(target, architecture)
+    network, _ = bundle_network(target, {**architecture, "legacy_merging": legacy})
     result = network.load_state_dict(written, strict=False)
     assert result.unexpected_keys == []
     # (BatchNorm fills an absent num_batches_tracked itself and does not list it as missing)
@@ -131,7 +145,7 @@ def test_layout_to_target(layout, target, checkpoints, tmp_path, capsys):
     # and its pretrained_path item (the bundle's own loader) loads every tensor of the converted file
     network, again = bundle_network(target, architecture, pretrained_path=output)
     assert isinstance(again, LoadReport) and again.layout in ("dae_bundle", "voco")
-    assert sorted(again.loaded) == sorted(report.loaded) and again.num_skipped == 0
+    assert sorted(again.loaded) == sorted(written) and again.num_skipped == 0 and again.legacy_merging == legacy
     assert f"--pretrained_path {output}" in printed
 
 
@@ -145,10 +159,12 @@ def test_complete_file_loads_strictly_into_dae_pretrain(checkpoints, tmp_path, c
     printed = capsys.readouterr().out
     output = bundle / "models" / "model.pt"  # default output of a bundle without pretrained_path
     written = torch.load(output, weights_only=True)
-    assert len(written) == 167 and report.num_loaded == 163
+    assert len(written) == 171 and report.num_loaded == 163  # + 4 legacy_order records of the legacy merging
     assert "4 newly initialised (seed 0)" in printed
-    assert "run the 'dae_pretrain' bundle with: --feature_size 12 --stem conv" in printed
-    network, _ = bundle_network("dae_pretrain", {"feature_size": FEATURE, "stem": "conv"})
+    # no --legacy_merging: the file records it, and evaluate/inference's legacy_merging "auto" reads models/model.pt
+    assert "run the 'dae_pretrain' bundle with: --feature_size 12 --stem conv\n" in printed
+    assert resolve_legacy_merging("auto", str(output))
+    network, _ = bundle_network("dae_pretrain", {"feature_size": FEATURE, "stem": "conv", "legacy_merging": True})
     network.load_state_dict(written, strict=True)
     network.eval(), source.eval()
     x = torch.rand(1, 1, 64, 64, 64)
@@ -169,13 +185,13 @@ def test_default_output_of_a_finetuning_bundle_and_overwrite(checkpoints, tmp_pa
     (bundle / "configs" / "train.json").write_text((REPO / "bundles/dae_btcv_seg/configs/train.json").read_text())
     convert_checkpoint(path, str(bundle))
     output = bundle / "models" / "pretrained.pt"
-    assert len(torch.load(output, weights_only=True)) == 126
+    assert len(torch.load(output, weights_only=True)) == 126 + 4  # + the legacy merging's records
     before = output.read_bytes()
     with pytest.raises(FileExistsError, match="--overwrite True"):
         convert_checkpoint(checkpoints["voco"][0], str(bundle))
     assert output.read_bytes() == before
     convert_checkpoint(checkpoints["voco"][0], str(bundle), overwrite=True)
-    assert len(torch.load(output, weights_only=True)) == 145
+    assert len(torch.load(output, weights_only=True)) == 145 + 4
 
 
 class Payload:
@@ -273,7 +289,8 @@ def test_command_line(checkpoints, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert "layout 'voco', feature_size 12, stem patch, use_v2 True" in result.stdout
+    assert "layout 'voco', feature_size 12, stem patch, use_v2 True, legacy patch merging" in result.stdout
     assert "loaded 145 tensors, skipped 0, newly initialised 22" in result.stdout
-    assert f"--pretrained_path {output} --feature_size 12 --use_v2 True" in result.stdout
-    assert len(torch.load(output, weights_only=True)) == 145
+    assert "legacy patch merging (checkpoint layout 'voco' was trained with MONAI < 1.5)" in result.stdout
+    assert f"--pretrained_path {output} --feature_size 12 --use_v2 True\n" in result.stdout
+    assert len(torch.load(output, weights_only=True)) == 145 + 4  # + the legacy merging's records

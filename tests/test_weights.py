@@ -1,7 +1,8 @@
 """
 Pretrained-weight loading: small checkpoints (feature size 12) written with exactly the published key layouts,
 each produced by renaming a real MONAI network's state dict back into that layout, must load fully; wrong
-layouts and mismatched networks must fail loudly.
+layouts and mismatched networks must fail loudly. The published layouts were trained with MONAI < 1.5: their
+source networks here use LegacyPatchMerging (whose legacy_order records the published files do not have).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from monai_dae.networks import DAESwinUNETR, use_conv_stem
+from monai_dae.networks import DAESwinUNETR, LegacyPatchMerging, is_merging_record, use_conv_stem
 from monai_dae.weights import (
     LAYOUTS,
     LoadReport,
@@ -52,10 +53,10 @@ def make_dae_bundle(path) -> DAESwinUNETR:
 
 def make_dae_official(path) -> DAESwinUNETR:
     """ckpt_best.pth of the DAE authors: {"model", "optimizer", "lr_scheduler", "epoch"}, MONAI 0.8 names."""
-    source = DAESwinUNETR(feature_size=FEATURE, stem="conv")
+    source = DAESwinUNETR(feature_size=FEATURE, stem="conv", downsample=LegacyPatchMerging)
     model = {}
     for key, value in source.state_dict().items():
-        if key.startswith("projection_head."):
+        if key.startswith("projection_head.") or is_merging_record(key):
             continue
         model[_to_mlp_fc(_to_monai08(key))] = value
     model["encoder.mask_token"] = torch.zeros(1, 1, FEATURE)
@@ -76,8 +77,8 @@ def make_dae_official(path) -> DAESwinUNETR:
 
 def make_monai_ssl(path) -> SwinUNETR:
     """ssl_pretrained_weights.pth: {"model": ...}, MONAI 0.8 names with the patchify stem, mask token, norm, out."""
-    source = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE)
-    model = {_to_monai08(k): v for k, v in source.state_dict().items()}
+    source = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE, downsample=LegacyPatchMerging)
+    model = {_to_monai08(k): v for k, v in source.state_dict().items() if not is_merging_record(k)}
     model["encoder.mask_token"] = torch.zeros(1, 1, FEATURE)
     model["encoder.norm.weight"] = torch.ones(16 * FEATURE)
     model["encoder.norm.bias"] = torch.zeros(16 * FEATURE)
@@ -87,9 +88,11 @@ def make_monai_ssl(path) -> SwinUNETR:
 
 def make_swin_ssl(path) -> SwinUNETR:
     """model_swinvit.pt of Swin-SSL: {"state_dict": {"module.patch_embed...", "module.layers1.0..."}}, fc1/fc2."""
-    source = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE)
+    source = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE, downsample=LegacyPatchMerging)
     state = {
-        "module." + _to_mlp_fc(k[len("swinViT.") :]): v for k, v in source.state_dict().items() if k.startswith("swinViT.")
+        "module." + _to_mlp_fc(k[len("swinViT.") :]): v
+        for k, v in source.state_dict().items()
+        if k.startswith("swinViT.") and not is_merging_record(k)
     }
     torch.save({"epoch": 100, "state_dict": state}, path)
     return source
@@ -97,8 +100,12 @@ def make_swin_ssl(path) -> SwinUNETR:
 
 def make_voco(path) -> SwinUNETR:
     """VoCo_B_SSL_head.pt style: a bare state dict of the use_v2 SwinUNETR encoder (swinViT + encoder1..4, 10)."""
-    source = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE, use_v2=True)
-    state = {k: v for k, v in source.state_dict().items() if k.startswith(("swinViT.", "encoder"))}
+    source = SwinUNETR(
+        in_channels=1, out_channels=1, feature_size=FEATURE, use_v2=True, downsample=LegacyPatchMerging
+    )
+    state = {
+        k: v for k, v in source.state_dict().items() if k.startswith(("swinViT.", "encoder")) and not is_merging_record(k)
+    }
     torch.save(state, path)
     return source
 
@@ -113,14 +120,16 @@ MAKERS = {
 
 
 def _target_for(layout: str, **kwargs) -> SwinUNETR:
-    net = _seg_net(use_v2=layout == "voco", **kwargs)
+    """A network for a layout: the published ones (trained with MONAI < 1.5) need the legacy merging."""
+    downsample = "merging" if layout == "dae_bundle" else LegacyPatchMerging
+    net = _seg_net(use_v2=layout == "voco", downsample=downsample, **kwargs)
     if layout == "dae_official":
         use_conv_stem(net)
     return net
 
 
 def _groups(net: torch.nn.Module) -> dict[str, list[str]]:
-    keys = list(net.state_dict())
+    keys = [k for k in net.state_dict() if not is_merging_record(k)]  # constant records, not loaded weights
     return {
         "all": keys,
         "backbone": [k for k in keys if k.startswith("swinViT.")],
@@ -193,8 +202,8 @@ def test_official_checkpoint_needs_conv_stem(tmp_path):
     path = str(tmp_path / "ckpt_best.pth")
     source = make_dae_official(path)
     with pytest.raises(RuntimeError, match="stem"):
-        load_pretrained(_seg_net(), path)
-    net = _seg_net()
+        load_pretrained(_seg_net(downsample=LegacyPatchMerging), path)
+    net = _seg_net(downsample=LegacyPatchMerging)
     report = load_pretrained(net, path, switch_stem=True)
     assert "swinViT.patch_embed.proj.conv1.conv.weight" in report.loaded
     x = torch.rand(1, 1, 32, 32, 32)

@@ -11,9 +11,15 @@ bundle's own ``pretrained_path`` item (``monai_dae.weights.load_pretrained``; ``
 so a file holding pickled code is refused). A bundle without a ``pretrained_path`` item (``dae_pretrain``)
 gets every tensor its network can take, the output head included when its shape matches.
 
+The network gets the patch merging the checkpoint was trained with (``monai_dae.weights.resolve_legacy_merging``:
+the published layouts predate MONAI 1.5 and get ``LegacyPatchMerging``; ``--legacy_merging`` overrides it).
+
 The file written is a plain state dict: the network tensors that received pretrained weights (with
 ``--complete``: the whole state dict, newly initialised tensors included, for loaders that need
-``strict=True``). It is written atomically (temporary file, then rename). The default output is
+``strict=True``), and, for the legacy merging, the ``*.downsample.legacy_order`` buffers that record it: the
+bundles' ``legacy_merging: "auto"`` reads them from the file (as ``pretrained_path`` when fine-tuning, as
+``models/model.pt`` in evaluation and inference), so no ``--legacy_merging`` override is needed afterwards.
+It is written atomically (temporary file, then rename). The default output is
 ``<bundle>/models/model.pt`` for a bundle without ``pretrained_path`` (it is that bundle's model), and
 ``<bundle>/models/pretrained.pt`` for a fine-tuning bundle (pass it as ``--pretrained_path``; ``model.pt``
 there is the fine-tuned model). The loaded / dropped / newly initialised accounting is printed.
@@ -49,6 +55,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
+from monai_dae.networks import is_merging_record  # noqa: E402
 from monai_dae.utils import save_atomically  # noqa: E402
 from monai_dae.weights import (  # noqa: E402
     LoadReport,
@@ -57,6 +64,7 @@ from monai_dae.weights import (  # noqa: E402
     infer_architecture,
     load_pretrained,
     read_checkpoint,
+    resolve_legacy_merging,
 )
 
 __all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "zip_member"]
@@ -171,6 +179,7 @@ def convert_checkpoint(
     feature_size: int | None = None,
     stem: str | None = None,
     use_v2: bool | None = None,
+    legacy_merging: bool | str = "auto",
     complete: bool = False,
     overwrite: bool = False,
     seed: int = 0,
@@ -188,6 +197,9 @@ def convert_checkpoint(
         feature_size: network feature size; None reads it from the checkpoint.
         stem: "conv" or "patch"; None uses the checkpoint's stem.
         use_v2: SwinUNETR v2 blocks; None uses what the checkpoint has.
+        legacy_merging: the patch merging of MONAI < 1.5 (``LegacyPatchMerging``): True, False or "auto" (what
+            the checkpoint was trained with, see ``monai_dae.weights.resolve_legacy_merging``); sets the target
+            bundle's ``legacy_merging`` key.
         complete: write the network's whole state dict, newly initialised tensors included (seeded with
             ``seed``), so that it loads with ``strict=True`` (e.g. as ``dae_pretrain``'s ``models/model.pt``
             for its evaluate and inference configs); off: only the pretrained tensors.
@@ -222,10 +234,11 @@ def convert_checkpoint(
         del raw
         given = {"feature_size": feature_size, "stem": stem, "use_v2": use_v2}
         architecture.update({k: v for k, v in given.items() if v is not None})
+        legacy = resolve_legacy_merging(legacy_merging, path)
         print(
             f"checkpoint '{checkpoint}': layout '{layout}', "
             + ", ".join(f"{k} {v}" for k, v in architecture.items())
-            + f"; target bundle '{bundle_root}'."
+            + f", {'legacy' if legacy else 'current'} patch merging; target bundle '{bundle_root}'."
         )
 
         parser["bundle_root"] = bundle_root
@@ -235,6 +248,7 @@ def convert_checkpoint(
         defaults = {k: v for k, v in defaults.items() if v is not missing}
         for key, value in overrides.items():
             parser[key] = value
+        parser["legacy_merging"] = legacy
         if loader_id is not None:
             parser["pretrained_path"] = path
         torch.manual_seed(seed)
@@ -251,14 +265,17 @@ def convert_checkpoint(
     unknown = [k for k in report.loaded if k not in state]
     if unknown:
         raise RuntimeError(f"{config_file}: loaded keys {unknown[:4]} are not in network_def's state dict.")
-    result = dict(state) if complete else {k: state[k] for k in report.loaded}
+    # the records of the legacy merging (not in a published checkpoint) go into the file for legacy_merging "auto"
+    records = [k for k in state if is_merging_record(k) and k not in report.loaded]
+    result = dict(state) if complete else {k: state[k] for k in [*report.loaded, *records]}
     save_atomically(result, output)
 
     print(report.summary())
-    new = len(result) - report.num_loaded
+    new = len(result) - report.num_loaded - len(records)
     print(
         f"wrote {len(result)} tensors to '{output}': {report.num_loaded} pretrained"
         + (f", {new} newly initialised (seed {seed})" if new else "")
+        + (f", {len(records)} '*.downsample.legacy_order' buffers recording the legacy merging" if records else "")
         + "."
     )
     parameters = inspect.signature(type(network)).parameters

@@ -93,6 +93,9 @@ class SwinClassifier(nn.Module):
             load their published checkpoint, see :py:func:`monai_dae.networks.use_conv_stem`).
         head_norm: normalisation of the pooled features: "batch" (:py:class:`FeatureBatchNorm`, default),
             "layer" (LayerNorm with affine, per sample) or "none".
+        downsample: the encoder's patch merging: "merging" (MONAI's current ``PatchMerging``), "mergingv2", or a
+            module class such as :py:class:`monai_dae.networks.LegacyPatchMerging` for weights trained with
+            MONAI < 1.5 (see :py:func:`monai_dae.weights.merging_module`).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class SwinClassifier(nn.Module):
         freeze_encoder: bool = False,
         stem: str = "patch",
         head_norm: str = "batch",
+        downsample: str | type[nn.Module] = "merging",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -136,6 +140,7 @@ class SwinClassifier(nn.Module):
             use_checkpoint=use_checkpoint,
             spatial_dims=spatial_dims,
             use_v2=use_v2,
+            downsample=downsample,
         )
         if stem == "conv":
             use_conv_stem(self)

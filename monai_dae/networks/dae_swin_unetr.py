@@ -77,6 +77,9 @@ class DAESwinUNETR(SwinUNETR):
         mask_in_eval: mask in evaluation mode too (the authors' behaviour).
         projection_dim: output size of the projection head.
         stem: "patch" (MONAI's patchify conv) or "conv" (the authors' conv stem, see :py:func:`use_conv_stem`).
+        downsample: SwinUNETR's patch merging: "merging" (MONAI's current ``PatchMerging``), "mergingv2", or a
+            module class such as :py:class:`monai_dae.networks.LegacyPatchMerging` for weights trained with
+            MONAI < 1.5 (see :py:func:`monai_dae.weights.merging_module`).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class DAESwinUNETR(SwinUNETR):
         mask_in_eval: bool = False,
         projection_dim: int = 128,
         stem: str = "patch",
+        downsample: str | type[nn.Module] = "merging",
     ) -> None:
         super().__init__(
             in_channels=in_channels,
@@ -110,6 +114,7 @@ class DAESwinUNETR(SwinUNETR):
             use_checkpoint=use_checkpoint,
             use_v2=use_v2,
             spatial_dims=spatial_dims,
+            downsample=downsample,
         )
         if stem == "conv":
             use_conv_stem(self)
