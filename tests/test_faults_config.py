@@ -106,3 +106,27 @@ def test_btcv_inference_reads_a_datalist_path_from_the_command_line(tmp_path):
         validation = json.load(f)["validation"]
     predicted = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "pred" / "*.nii.gz")))
     assert predicted == sorted(os.path.basename(e["image"]).replace(".nii.gz", "_seg.nii.gz") for e in validation)
+
+
+@pytest.mark.slow
+def test_torchrun_with_fewer_validation_cases_than_processes_stops_before_training(tmp_path):
+    paths = write_sample_dataset(str(tmp_path / "data"), num_ct=2, num_brain=2, ct_shape=(48, 48, 24),
+                                 brain_shape=(16, 16, 16), num_validation=1)
+    with open(paths["btcv_datalist"]) as f:
+        content = json.load(f)
+    datalist = tmp_path / "one_validation_case.json"
+    datalist.write_text(json.dumps({"training": content["training"] + content["validation"],
+                                    "validation": content["validation"]}))
+    configs = BUNDLES / "dae_btcv_seg" / "configs"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training",
+        "--config_file", f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']",
+        *cli_overrides(dataset_dir=paths["btcv_dir"], datalist=str(datalist), bundle_root=str(tmp_path / "bundle"),
+                       feature_size=12, roi_size=[64, 64, 32], num_samples=1, num_workers=0, cache_rate=0.0,
+                       max_epochs=1, progress_bar=False),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert "the validation list has 1 entries for 2 processes" in result.stdout + result.stderr
+    assert not (tmp_path / "bundle" / "models" / "model.pt").exists()
