@@ -18,6 +18,7 @@ __all__ = [
     "is_secondary_rank",
     "distributed_rank",
     "distributed_world_size",
+    "require_one_item_per_rank",
 ]
 
 
@@ -115,6 +116,30 @@ def distributed_world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def require_one_item_per_rank(items: list, name: str) -> list:
+    """
+    Stop a distributed run whose data list has fewer entries than processes: a rank without data would wait
+    forever in the metric collectives of the others. Called from the ``multi_gpu_train.json`` overlays.
+
+    Args:
+        items: the data list of one split.
+        name: the split's name in the message ("validation", ...).
+
+    Returns:
+        the items, unchanged.
+
+    Raises:
+        ValueError: fewer items than processes (the message gives both numbers and what to do).
+    """
+    world_size = distributed_world_size()
+    if len(items) < world_size:
+        raise ValueError(
+            f"the {name} list has {len(items)} entries for {world_size} processes: every process needs at least "
+            f"one. Add {name} entries to the data list or start fewer processes (--nproc_per_node)."
+        )
+    return items
 
 
 def is_secondary_rank() -> bool:

@@ -226,7 +226,7 @@ def test_inference_single_image_from_command_line(trained, data):
     image = sorted(glob.glob(os.path.join(data, "imagesTr", "*.nii.gz")))[0]
     workflow = _workflow("infer", INFERENCE, bundle_root=trained, image=image, feature_size=FEATURE)
     workflow.initialize()
-    assert workflow.parser.get_parsed_content("datalist") == [{"image": image}]
+    assert workflow.parser.get_parsed_content("dataset#data") == [{"image": image}]
     workflow.finalize()
 
 

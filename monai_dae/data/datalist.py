@@ -12,7 +12,7 @@ import numpy as np
 
 from monai_dae.modalities import DEFAULT_MODALITIES, canonical_modality, infer_modality
 
-__all__ = ["load_datalist", "check_image_file"]
+__all__ = ["load_datalist", "check_image_file", "inference_data"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -108,3 +108,41 @@ def load_datalist(
             item["modality"] = name
         resolved.append(item)
     return resolved
+
+
+def inference_data(
+    image: str = "",
+    datalist: str | Sequence[Any] = "",
+    dataset_dir: str | None = None,
+    key: str = "test",
+    found: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """
+    The items an inference config runs on, from whichever source the user gave: one ``image`` file, a data
+    list (the path of a JSON data list, whose ``key`` list is read with :py:func:`load_datalist`, or a list of
+    entries given in Python), or else the images ``found`` in the data set folder.
+
+    Args:
+        image: one image path (takes precedence).
+        datalist: a JSON data-list path, or a list of ``{"image": path}`` entries (or of paths).
+        dataset_dir: directory relative paths of a data-list file are resolved against.
+        key: the list of a data-list file to read ("test", "validation", ...).
+        found: the default items.
+
+    Returns:
+        the items, ``[{"image": absolute path, ...}, ...]``.
+
+    Raises:
+        FileNotFoundError, ValueError: see :py:func:`load_datalist`; ValueError when there is nothing to infer.
+    """
+    if image:
+        return [{"image": os.path.abspath(image)}]
+    if isinstance(datalist, str) and datalist:
+        return load_datalist(datalist, dataset_dir, key, modalities=None)
+    if datalist:
+        return [dict(item) if isinstance(item, dict) else {"image": str(item)} for item in datalist]
+    if not found:
+        raise ValueError(
+            f"nothing to infer: no --image, no --datalist and no image found under dataset_dir '{dataset_dir}'."
+        )
+    return list(found)
