@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import pickle
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "bundle_dir",
     "latest_checkpoint",
+    "prepare_output_dir",
+    "resumable_checkpoint",
+    "verify_checkpoint",
+    "remove_stale_temporaries",
+    "require_training_iterations",
+    "CheckpointError",
     "save_atomically",
     "amp_dtype",
     "is_secondary_rank",
@@ -54,6 +65,230 @@ def latest_checkpoint(directory: str, pattern: str = "checkpoint*.pt") -> str | 
     """
     files = glob.glob(os.path.join(directory, pattern))
     return max(files, key=os.path.getmtime) if files else None
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, corrupt, or a pickle that needs more than tensors to load."""
+
+
+def remove_stale_temporaries(*folders: str | None) -> list[str]:
+    """
+    Remove the hidden ``.<name>.<pid>.<hex>.tmp`` files that :py:func:`save_atomically` leaves when its process
+    is killed (``kill -9``, power loss) in the middle of a write: no cleanup code runs then. They are never
+    read (resumable checkpoints match ``checkpoint*.pt``); this only frees the space, and logs each file.
+
+    Args:
+        folders: folders to clean (None or missing folders are skipped).
+
+    Returns:
+        the files removed.
+    """
+    removed = []
+    for folder in folders:
+        if not folder or not os.path.isdir(folder):
+            continue
+        for path in sorted(glob.glob(os.path.join(folder, ".*.tmp"))):
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another rank removed it first
+                continue
+            logger.warning(f"removed '{path}', the partial file of a save that was interrupted (process killed).")
+            removed.append(path)
+    return removed
+
+
+def verify_checkpoint(path: str) -> dict:
+    """
+    Read a checkpoint as a resumed run will, without executing code: the zip container is checked entry by
+    entry (CRC32 of every tensor, so a truncated file or overwritten bytes are found), then the file is loaded
+    with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        its content (tensors on the CPU).
+
+    Raises:
+        CheckpointError: naming the file and the problem; ``error.unsafe`` is True when the file is a pickle
+            that needs more than tensors and plain containers (it was refused, nothing in it was run).
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): it was never completely written.")
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint '{path}' is not a PyTorch zip checkpoint (truncated or corrupt).")
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise CheckpointError(f"checkpoint '{path}' is corrupt: entry '{bad}' fails its CRC check.")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as error:  # what weights_only=True raises for anything but tensors and containers
+        failure = CheckpointError(
+            f"checkpoint '{path}' was refused: it is a pickle that needs more than tensors to load, and loading it "
+            f"would run code from the file (torch.load(weights_only=True) says: {str(error).splitlines()[0]}). "
+            "Load it only if you trust its source, re-save its state dicts, and resume from that file."
+        )
+        failure.unsafe = True
+        raise failure from error
+    except Exception as error:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(error).__name__}: {error}).") from error
+
+
+def resumable_checkpoint(checkpoint_dir: str, pattern: str = "checkpoint*.pt") -> str:
+    """
+    The checkpoint a resumed run starts from: the most recent ``checkpoint*.pt`` of ``checkpoint_dir`` that
+    :py:func:`verify_checkpoint` reads. A corrupt newer file is skipped with a warning naming it (the run falls
+    back to the previous good checkpoint); a pickle that needs code to load stops the run.
+
+    Args:
+        checkpoint_dir: the run's checkpoint folder.
+        pattern: file name pattern of resumable checkpoints.
+
+    Returns:
+        the path of the checkpoint to resume from.
+
+    Raises:
+        CheckpointError: no checkpoint in ``checkpoint_dir``, none readable, or an unsafe pickle among them.
+    """
+    remove_stale_temporaries(checkpoint_dir)
+    files = sorted(glob.glob(os.path.join(checkpoint_dir, pattern)), key=os.path.getmtime, reverse=True)
+    if not files:
+        raise CheckpointError(
+            f"resume is true but the checkpoint folder '{checkpoint_dir}' holds no '{pattern}' file to resume from. "
+            "Start a new run without '--resume True', or set 'checkpoint_dir' (or 'output_dir') to the folder of "
+            "the run to continue."
+        )
+    problems = []
+    for path in files:
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as error:
+            if getattr(error, "unsafe", False):
+                raise
+            logger.warning(f"{error} Trying the previous checkpoint.")
+            problems.append(str(error))
+            continue
+        if problems:
+            logger.warning(f"resuming from '{path}', the most recent readable checkpoint.")
+        return path
+    raise CheckpointError(
+        f"no readable checkpoint to resume from in '{checkpoint_dir}': {' '.join(problems)} "
+        "Remove the broken files and start a new run (with '--overwrite True'), or restore a checkpoint."
+    )
+
+
+def prepare_output_dir(
+    output_dir: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_dir: str | None = None,
+    log_dir: str | None = None,
+    model_dir: str | None = None,
+    model_filename: str = "model.pt",
+) -> None:
+    """
+    Guard a training run's output folders, before anything is built or written (the ``initialize`` of every
+    training config calls it): two runs pointed at the same ``output_dir`` must not overwrite each other's
+    checkpoints, logs and best model.
+
+    The output is *used* when ``checkpoint_dir`` holds a ``*.pt`` file, ``log_dir`` holds any file, or
+    ``model_dir`` holds ``model_filename`` (the best model the run would overwrite). Then:
+
+    - ``resume`` true: the run continues there; stale temporary files of a killed save are removed, and there
+      must be a checkpoint to resume from (see :py:func:`resumable_checkpoint`, which picks it).
+    - ``overwrite`` true: a new run replaces the old one; the old resumable checkpoints and TensorBoard event
+      files are deleted (each logged), so that a later ``--resume`` cannot pick up the previous run;
+      ``model_filename`` is replaced at the new run's first validation.
+    - neither: refused with an error naming the folder, what was found, and both options.
+
+    An absent or empty output is fine. Nothing is created here.
+
+    Args:
+        output_dir: the run's output folder (named in messages).
+        resume: the config's ``resume``.
+        overwrite: the config's ``overwrite``.
+        checkpoint_dir: resumable checkpoints of the run (default ``<output_dir>/checkpoints``).
+        log_dir: TensorBoard folder (default ``<output_dir>/tensorboard``).
+        model_dir: folder of the best model (the bundle's ``models/``); None skips that check.
+        model_filename: the best model's file name.
+
+    Raises:
+        FileExistsError: the output is used and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: both ``resume`` and ``overwrite`` are set.
+        CheckpointError: ``resume`` with no checkpoint in ``checkpoint_dir``.
+    """
+    checkpoint_dir = checkpoint_dir or os.path.join(output_dir, "checkpoints")
+    log_dir = log_dir or os.path.join(output_dir, "tensorboard")
+    if resume and overwrite:
+        raise ValueError(
+            f"both 'resume' and 'overwrite' are true for output_dir '{output_dir}': '--resume True' continues the "
+            "run there, '--overwrite True' replaces it with a new one; pass one of them."
+        )
+    if resume:
+        remove_stale_temporaries(checkpoint_dir, model_dir)
+        if not glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt")):
+            raise CheckpointError(
+                f"'--resume True' but the checkpoint folder '{checkpoint_dir}' holds no checkpoint*.pt file to resume "
+                "from. Start a new run without '--resume True' (with '--overwrite True' if output_dir is used), or "
+                "set 'output_dir' / 'checkpoint_dir' to the folder of the run to continue."
+            )
+        return
+    checkpoints = sorted(glob.glob(os.path.join(checkpoint_dir, "*.pt")))
+    logs = sorted(p for p in glob.glob(os.path.join(log_dir, "**", "*"), recursive=True) if os.path.isfile(p))
+    model = os.path.join(model_dir, model_filename) if model_dir else None
+    found = [f"{len(checkpoints)} checkpoint(s) in '{checkpoint_dir}'"] if checkpoints else []
+    found += [f"{len(logs)} log file(s) in '{log_dir}'"] if logs else []
+    found += [f"the best model '{model}'"] if model and os.path.isfile(model) else []
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output_dir '{output_dir}' is used by another run ({', '.join(found)}); a new run would overwrite its "
+            "checkpoints, logs and best model. Pass '--resume True' to continue that run, '--overwrite True' to "
+            "replace it, or another '--output_dir' (and 'ckpt_dir') for a separate run."
+        )
+    remove_stale_temporaries(checkpoint_dir, model_dir)
+    for path in checkpoints + [p for p in logs if os.path.basename(p).startswith("events.out.tfevents")]:
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another rank removed it first
+            continue
+        logger.warning(f"overwrite: removed '{path}' of the previous run.")
+
+
+def require_training_iterations(dataloader: Any, batch_size: int | None = None, name: str = "training") -> int:
+    """
+    Stop before training when an epoch would have no iteration (e.g. fewer items in the data list than
+    ``batch_size`` with ``drop_last``): such a run would "finish" without training and save an untrained model.
+
+    Args:
+        dataloader: the training data loader (its ``dataset`` and ``len``).
+        batch_size: the configured batch size (default: the loader's).
+        name: what the data is, for the message.
+
+    Returns:
+        the number of iterations per epoch.
+
+    Raises:
+        ValueError: naming the data list size, the batch size and what to change.
+    """
+    iterations = len(dataloader)
+    if iterations > 0:
+        return iterations
+    dataset = getattr(dataloader, "dataset", None)
+    size = len(dataset) if dataset is not None else 0
+    batch_size = batch_size if batch_size is not None else getattr(dataloader, "batch_size", None)
+    sampler = getattr(dataloader, "sampler", None)
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    drop_last = getattr(sampler, "drop_last", getattr(batch_sampler, "drop_last", getattr(dataloader, "drop_last", None)))
+    raise ValueError(
+        f"the {name} data gives 0 iterations per epoch: the data list has {size} item(s) (on this rank) and "
+        f"batch_size is {batch_size}" + (" with drop_last" if drop_last else "") + ". Nothing would be trained; "
+        f"add data or lower 'batch_size' to at most {size}."
+    )
 
 
 def save_atomically(obj: Any, path: str) -> None:

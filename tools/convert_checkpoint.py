@@ -100,6 +100,9 @@ def zip_member(path: str, member: str | None = None) -> Iterator[str]:
     if not _is_archive(path):
         yield path
         return
+    from install_bundle import check_zip_entries
+
+    check_zip_entries(path)  # refuse an archive with a path-traversal or link entry before reading any
     with zipfile.ZipFile(path) as archive:
         names = [n for n in archive.namelist() if not n.endswith("/")]
         if member is not None:

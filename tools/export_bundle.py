@@ -61,8 +61,21 @@ def _packed(path: Path) -> bool:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """Packed files under ``folder``, relative to it, sorted."""
-    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and _packed(p.relative_to(folder)))
+    """
+    Packed files under ``folder``, relative to it, sorted. Symbolic links are refused (``ValueError`` naming
+    the link and its target): a link would pack a file from outside the bundle (or loop), and is never followed.
+    """
+    files = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in sorted(dirs + names):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise ValueError(
+                    f"symbolic link '{path}' -> '{os.readlink(path)}' in the bundle: links are not followed (it could "
+                    "pack files from outside the bundle); replace it by a copy of the file, or remove it."
+                )
+        files += [Path(root) / name for name in names]
+    return sorted(p.relative_to(folder) for p in files if _packed(p.relative_to(folder)))
 
 
 def check_bundle(bundle_dir: str | Path) -> dict:

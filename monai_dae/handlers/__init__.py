@@ -1,6 +1,7 @@
 """Handlers of the DAE pretext, resumable atomic checkpointing and experiment-tracking helpers for the bundles."""
 
-from monai_dae.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver
+from monai_dae.handlers.checkpoint import AtomicDiskSaver, CheckpointLoader, CheckpointSaver
+from monai_dae.handlers.finite import NonFiniteError, RequireFiniteOutput, StopOnNonFiniteLoss
 from monai_dae.handlers.handlers import (
     GradientClipHandler,
     LossComponentsHandler,

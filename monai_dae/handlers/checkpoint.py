@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
 from monai_dae.utils import is_secondary_rank, save_atomically
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver"]
+__all__ = ["AtomicDiskSaver", "CheckpointLoader", "CheckpointSaver"]
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -98,3 +99,43 @@ class CheckpointSaver(MonaiCheckpointSaver):
             return {}
         state = self._key_metric_checkpoint.state_dict()
         return {key: [(float(score), str(name)) for score, name in items] for key, items in state.items()}
+
+    def exception_raised(self, engine: Any, e: Exception) -> None:
+        """
+        Save the final checkpoint when the run stops on an exception (an interrupted run can resume), except
+        for a non-finite loss or prediction (:py:class:`monai_dae.handlers.NonFiniteError`): the network is
+        then not worth resuming from, and saving it would make ``--resume`` continue from a broken state.
+
+        Args:
+            engine: the engine that raised.
+            e: the exception.
+        """
+        from monai_dae.handlers.finite import NonFiniteError
+
+        if isinstance(e, NonFiniteError):
+            self.logger.error(f"not saving a final checkpoint in '{self.save_dir}': {e}")
+            raise e
+        super().exception_raised(engine, e)
+
+
+class CheckpointLoader(MonaiCheckpointLoader):
+    """
+    ``monai.handlers.CheckpointLoader`` (same arguments; it reads with ``torch.load(weights_only=True)``) whose
+    errors name the file: a missing file, a corrupt or truncated one, and a pickle that needs more than tensors
+    (refused: nothing in it is executed) each stop the run with the path and what to do.
+    """
+
+    def __call__(self, engine: Any) -> None:
+        from monai_dae.utils import CheckpointError, verify_checkpoint
+
+        path = str(self.load_path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint '{path}' not found; train first, or set the path to a checkpoint.")
+        try:
+            super().__call__(engine)
+        except Exception as error:
+            try:
+                verify_checkpoint(path)  # names the problem when the file itself is the cause
+            except CheckpointError as problem:
+                raise problem from error
+            raise RuntimeError(f"cannot load checkpoint '{path}' into {sorted(self.load_dict)}: {error}") from error

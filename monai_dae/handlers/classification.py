@@ -59,11 +59,23 @@ def classification_metrics(labels: Sequence[int], probabilities: np.ndarray) -> 
 
     Returns:
         ``{"accuracy", "balanced_accuracy", "auc", "recall": per class, "confusion_matrix": C x C list (rows:
-        true class, columns: predicted class), "num_subjects"}``; undefined values are NaN.
+        true class, columns: predicted class), "num_subjects"}``; undefined values are NaN. When a probability
+        is NaN or infinite every metric is NaN and ``num_non_finite`` counts the subjects concerned.
     """
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     num_classes = probabilities.shape[1]
+    non_finite = int((~np.isfinite(probabilities)).any(axis=1).sum()) if probabilities.size else 0
+    if non_finite:  # argmax and ranks of NaN are arbitrary (a NaN column once gave AUC 1.0): no valid number
+        return {
+            "num_subjects": int(len(labels)),
+            "num_non_finite": non_finite,
+            "accuracy": float("nan"),
+            "balanced_accuracy": float("nan"),
+            "auc": float("nan"),
+            "recall": [float("nan")] * num_classes,
+            "confusion_matrix": [[0] * num_classes for _ in range(num_classes)],
+        }
     predicted = probabilities.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -200,6 +212,12 @@ class ClassificationReport:
         labels = [label for label, _ in labelled]
         self.metrics = classification_metrics(labels, np.asarray([p for _, p in labelled]))
         self.metrics["class_names"] = self.class_names
+        if self.metrics.get("num_non_finite"):
+            bad = [subject for subject, label, p in rows if label >= 0 and not np.isfinite(p).all()]
+            logger.error(
+                f"{len(bad)} subject(s) have non-finite class probabilities ({', '.join(bad[:10])}): accuracy, "
+                "balanced accuracy and AUC are reported as NaN. Check the model weights (a diverged training run)."
+            )
         with open(os.path.join(self.output_dir, f"{self.prefix}metrics.json"), "w") as f:
             json.dump(self.metrics, f, indent=4)
         with open(os.path.join(self.output_dir, f"{self.prefix}confusion_matrix.csv"), "w", newline="") as f:
