@@ -235,7 +235,7 @@ def check_entries(
                     is_label = key == label_key
                     found, warned, shape = check_file(path, 1 if is_label else channels, is_label, num_classes)
                     bar.update(1)
-                    warnings += [f"{message} [{name}]" for message in warned]
+                    warnings += [f"{name}: {message}" for message in warned]
                     for message in found:
                         (skipped if nonfinite == "skip" and NONFINITE in message else entry_problems).append(message)
                     if shape is not None:
@@ -245,7 +245,7 @@ def check_entries(
                 for path, shape in shapes.items():
                     if shape != reference:
                         entry_problems.append(f"'{path}': spatial shape {shape} differs from {reference} of '{first}'")
-            problems += [f"{message} [{name}]" for message in entry_problems]
+            problems += [f"{name}: {message}" for message in entry_problems]
             if skipped and not entry_problems:
                 warnings += [f"skipped {name}: {message}" for message in skipped]
             elif not entry_problems:
