@@ -126,8 +126,15 @@ def _bundle_cli(config: str, tmp_path: Path, **overrides) -> tuple[int, str]:
 
 
 def _pretrain_list(sample: dict, tmp_path: Path, faults: dict[int, str]) -> str:
-    """The sample's pretraining list, with ``faults[i]`` written into a copy of training entry i."""
+    """
+    A small pretraining list from the sample (training: 2 CT and 2 MRI files, validation: 1 of each), with
+    ``faults[i]`` written into a copy of training entry i (entries 0 and 1 are the CTs).
+    """
     content = json.loads(Path(sample["datalist_pretrain"]).read_text())
+    for key, size in (("training", 2), ("validation", 1)):
+        ct = [e for e in content[key] if e["modality"] == "ct"]
+        mri = [e for e in content[key] if e["modality"] != "ct"]
+        content[key] = ct[:size] + mri[:size]
     for index, fault in faults.items():
         entry = content["training"][index]
         target = tmp_path / f"{fault}_{os.path.basename(entry['image'])}"
@@ -149,11 +156,6 @@ def _btcv_list(sample: dict, tmp_path: Path, faults: dict[tuple[int, str], str])
     return str(path)
 
 
-def _ct_index(sample: dict) -> int:
-    content = json.loads(Path(sample["datalist_pretrain"]).read_text())
-    return next(i for i, e in enumerate(content["training"]) if e["modality"] == "ct")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # through the bundles' command line
 # --------------------------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ def _ct_index(sample: dict) -> int:
 @pytest.mark.slow
 def test_cli_pretrain_nan_voxels_stop_at_load_time_naming_the_file(sample, tmp_path):
     """Without check_data, the loader stops on the NaN volume (it used to train to NaN weights and exit 0)."""
-    index = _ct_index(sample)
+    index = 0
     datalist = _pretrain_list(sample, tmp_path, {index: "nan"})
     bad = json.loads(Path(datalist).read_text())["training"][index]["image"]
     rc, output = _bundle_cli(PRETRAIN, tmp_path, datalist=datalist, dataset_dir=sample["root"], **PRETRAIN_TINY)
@@ -190,7 +192,7 @@ def test_cli_pretrain_check_data_names_every_bad_file_before_training(sample, tm
 @pytest.mark.slow
 def test_cli_pretrain_truncated_file_is_named_at_load_time(sample, tmp_path):
     """Without check_data, the header check passes a truncated .nii.gz; the loader names it when it fails."""
-    index = _ct_index(sample)
+    index = 0
     datalist = _pretrain_list(sample, tmp_path, {index: "truncated"})
     bad = json.loads(Path(datalist).read_text())["training"][index]["image"]
     rc, output = _bundle_cli(PRETRAIN, tmp_path, datalist=datalist, dataset_dir=sample["root"], **PRETRAIN_TINY)
@@ -423,3 +425,26 @@ def test_check_data_tool(sample, tmp_path, capsys):
         env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1 and "2 problem(s)" in result.stdout
+
+
+def test_thread_data_loader_raises_the_errors_of_its_producer_thread():
+    """MONAI's ThreadDataLoader ends the epoch silently when a sample fails; the bundles' loader raises it."""
+    from monai.data import Dataset
+    from monai.data import ThreadDataLoader as MonaiThreadDataLoader
+
+    from monai_dae.data.loader import ThreadDataLoader
+
+    class Failing(Dataset):
+        def __getitem__(self, index):
+            if index == 3:
+                raise DataCheckError("entry 3: 'x.nii.gz': non-finite voxels")
+            return index
+
+    seen = []
+    with pytest.raises(DataCheckError, match="entry 3"):
+        for batch in ThreadDataLoader(Failing(list(range(6))), batch_size=1):
+            seen.append(int(batch))
+    assert seen == [0, 1, 2]
+    assert [int(b) for b in MonaiThreadDataLoader(Failing(list(range(6))), batch_size=1)] == [0, 1, 2]  # the bug
+    batches = [b.tolist() for b in ThreadDataLoader(Dataset(list(range(5))), batch_size=2, repeats=2)]
+    assert batches == [[0, 1], [0, 1], [2, 3], [2, 3], [4], [4]]
