@@ -74,7 +74,8 @@ class LoadImageNamed(LoadImaged):
             files = [f for key in self.key_iterator(dict(data)) for f in _files(data[key])]
             failing = [f for f in files if not _loads(self._loader, f)] or files
             raise DataCheckError(
-                f"cannot load {failing[0] if len(failing) == 1 else failing} of data list {entry}: {type(error).__name__}: {error}. The file is missing, "
+                f"cannot load {failing[0] if len(failing) == 1 else failing} of data list {entry}: "
+                f"{type(error).__name__}: {error}. The file is missing, "
                 "truncated or corrupt: re-export or re-download it, or remove the entry; run with "
                 "`--check_data True` to list every such file before training."
             ) from error
@@ -101,7 +102,9 @@ class LoadImageNamed(LoadImaged):
             label_shape, label_name = shapes[self.label_key]
             for key, (shape, name) in shapes.items():
                 if key != self.label_key and shape != label_shape:
-                    problems.append(f"'{label_name}': label shape {label_shape} differs from image shape {shape} of '{name}'")
+                    problems.append(
+                        f"'{label_name}': label shape {label_shape} differs from image shape {shape} of '{name}'"
+                    )
         if problems:
             raise DataCheckError(f"data list {entry}: " + "; ".join(problems), problems)
         return d
