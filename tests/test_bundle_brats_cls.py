@@ -264,8 +264,8 @@ def test_bad_subjects_are_reported_with_their_ids_before_training(sample, tmp_pa
         workflow_type="train",
         **{**TINY, **sample, "datalist": str(datalist), "bundle_root": str(tmp_path)},
     )
-    workflow.initialize()
-    with pytest.raises(Exception) as error:
+    with pytest.raises(Exception) as error:  # at initialize: the data check hook reads the data lists
+        workflow.initialize()
         workflow.run()
     cause = error.value
     while not isinstance(cause, SubjectError) and (cause.__cause__ or cause.__context__):

@@ -231,7 +231,10 @@ def read_subjects_csv(
 
 def _header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     image = nib.load(path)
-    return tuple(int(s) for s in image.shape[:3]), np.asarray(image.affine, dtype=np.float64)
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) < 3 or 0 in shape or int(np.prod(shape[3:])) != 1:
+        raise ValueError(f"shape {shape} is not one 3-D volume (one file per modality, no zero-size dimension)")
+    return shape[:3], np.asarray(image.affine, dtype=np.float64)
 
 
 def validate_subjects(

@@ -28,8 +28,8 @@ def check_image_file(path: str, channels: int | None = 1) -> None:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the NIfTI header cannot be read, or the volume is not 3-D with ``channels`` channels (the
-            message names the file and the cause).
+        ValueError: the NIfTI header cannot be read, a dimension has size zero, or the volume is not 3-D with
+            ``channels`` channels (the message names the file and the cause).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: '{path}'.")
@@ -39,6 +39,8 @@ def check_image_file(path: str, channels: int | None = 1) -> None:
         shape = nib.load(path).header.get_data_shape()
     except Exception as error:
         raise ValueError(f"unreadable NIfTI file '{path}': {error}") from error
+    if 0 in tuple(shape):
+        raise ValueError(f"zero-size dimension in '{path}': shape {tuple(shape)}; the volume is empty, re-export it.")
     if channels is None:
         return
     found = int(np.prod(shape[3:])) if len(shape) > 3 else 1

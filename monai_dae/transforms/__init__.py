@@ -16,6 +16,7 @@ from monai_dae.transforms.dictionary import (
     RandLowResolutiond,
     RandLowResolutionD,
 )
+from monai_dae.transforms.loading import LoadImageNamed
 from monai_dae.transforms.modality import (
     DEFAULT_MODALITIES,
     MODALITY_ALIASES,
