@@ -130,3 +130,18 @@ def test_torchrun_with_fewer_validation_cases_than_processes_stops_before_traini
     assert result.returncode != 0
     assert "the validation list has 1 entries for 2 processes" in result.stdout + result.stderr
     assert not (tmp_path / "bundle" / "models" / "model.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 0}, "bundle config key 'batch_size' = 0"),
+        ({"modalities": ["ct", "pet"]}, "unknown modality name(s) ['pet']"),
+    ],
+)
+def test_cli_setting_fault_stops_with_a_message(overrides, message, tmp_path):
+    result = _run("dae_pretrain", "train.json", bundle_root=str(tmp_path), **overrides)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()

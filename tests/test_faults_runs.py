@@ -294,3 +294,42 @@ def _chain(error: BaseException):
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
+
+
+# --- the same faults through the command line -------------------------------------------------------------------
+
+
+class _PickledCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["resume_without_checkpoint", "resume_from_corrupt_checkpoint",
+                                   "resume_from_pickled_code", "non_finite_loss"])
+def test_cli_run_fault_stops_with_a_message(fault, sample, tmp_path):
+    """`python -m monai.bundle run training`: non-zero exit, a message naming the file or the loss, no model.pt."""
+    runs, checkpoints = tmp_path / "runs", tmp_path / "runs" / "checkpoints"
+    values = dict(TINY, max_epochs=1, val_interval=1)
+    expected = {
+        "resume_without_checkpoint": f"'{checkpoints}' holds no checkpoint*.pt file",
+        "resume_from_corrupt_checkpoint": str(checkpoints / "checkpoint_epoch=1.pt"),
+        "resume_from_pickled_code": str(checkpoints / "checkpoint_epoch=1.pt"),
+        "non_finite_loss": "loss=nan",
+    }[fault]
+    if fault.startswith("resume"):
+        values["resume"] = True
+    if fault != "resume_without_checkpoint" and fault.startswith("resume"):
+        checkpoints.mkdir(parents=True)
+        if fault == "resume_from_corrupt_checkpoint":
+            (checkpoints / "checkpoint_epoch=1.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+        else:
+            torch.save({"trainer": _PickledCode()}, checkpoints / "checkpoint_epoch=1.pt")
+    if fault == "non_finite_loss":
+        values["cmcl_weight"] = "$float('nan')"
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META]
+    command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], output_dir=str(runs), **values)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert not (tmp_path / "models" / "model.pt").exists()
