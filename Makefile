@@ -11,7 +11,7 @@ BUNDLE := bundles/dae_pretrain
 DEMO_CPU_ARGS ?= --roi_size "[64,64,64]" --feature_size 12 --max_epochs 3 --num_workers 2
 DEMO_GPU_ARGS ?= --roi_size "[96,96,96]" --feature_size 48 --max_epochs 20 --num_workers 0
 
-.PHONY: install test demo sample-data clean monailabel-env test-monailabel
+.PHONY: install test test-extended demo sample-data clean monailabel-env test-monailabel
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# the slowest end-to-end checks (marker "extended"), kept out of the default suite
+test-extended: install
+	$(PY) -m pytest -q -m extended
 
 monailabel-env: $(MONAILABEL_VENV)/.installed
 

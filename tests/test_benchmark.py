@@ -15,7 +15,7 @@ SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inferen
 ROW_KEYS = {"section", "name", "value", "unit", "ratio", "reference", "note"}
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_benchmark_quick(tmp_path):
     output = tmp_path / "bench.json"
     proc = subprocess.run(

@@ -75,7 +75,7 @@ def test_inference_data_takes_an_image_a_datalist_file_or_a_list(tmp_path):
         inference_data(dataset_dir=str(tmp_path))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize(
     "bundle, overrides, key",
     [

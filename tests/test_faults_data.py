@@ -161,7 +161,7 @@ def _btcv_list(sample: dict, tmp_path: Path, faults: dict[tuple[int, str], str])
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_pretrain_nan_voxels_stop_at_load_time_naming_the_file(sample, tmp_path):
     """Without check_data, the loader stops on the NaN volume (it used to train to NaN weights and exit 0)."""
     index = 0
@@ -173,7 +173,7 @@ def test_cli_pretrain_nan_voxels_stop_at_load_time_naming_the_file(sample, tmp_p
     assert not (tmp_path / "bundle" / "models" / "model.pt").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_pretrain_check_data_names_every_bad_file_before_training(sample, tmp_path):
     """check_data reads every voxel up front: Inf voxels and a truncated .nii.gz, both named with their entries."""
     datalist = _pretrain_list(sample, tmp_path, {0: "inf", 1: "truncated"})
@@ -189,7 +189,7 @@ def test_cli_pretrain_check_data_names_every_bad_file_before_training(sample, tm
     assert "Epoch[1]" not in output  # stopped before training
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_pretrain_truncated_file_is_named_at_load_time(sample, tmp_path):
     """Without check_data, the header check passes a truncated .nii.gz; the loader names it when it fails."""
     index = 0
@@ -201,7 +201,7 @@ def test_cli_pretrain_truncated_file_is_named_at_load_time(sample, tmp_path):
     assert "--check_data True" in output
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_pretrain_zero_size_dimension_stops_before_training(sample, tmp_path):
     datalist = _pretrain_list(sample, tmp_path, {0: "zero_size"})
     bad = json.loads(Path(datalist).read_text())["training"][0]["image"]
@@ -211,7 +211,7 @@ def test_cli_pretrain_zero_size_dimension_stops_before_training(sample, tmp_path
     assert "Epoch[1]" not in output
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_btcv_check_data_names_every_bad_label(sample, tmp_path):
     """Float non-integral labels, a label of another shape and label value 20, all named with their entries."""
     faults = {(0, "label"): "float_label", (1, "label"): "label_shape"}
@@ -235,7 +235,7 @@ def test_cli_btcv_check_data_names_every_bad_label(sample, tmp_path):
     assert "training entry 2 (image=" in output
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_btcv_label_value_20_stops_at_load_time(sample, tmp_path):
     """Without check_data the loader names the label file (it used to fail deep inside the one-hot encoding)."""
     datalist = _btcv_list(sample, tmp_path, {(0, "label"): "label_20"})
@@ -245,7 +245,7 @@ def test_cli_btcv_label_value_20_stops_at_load_time(sample, tmp_path):
     assert f"'{bad}': label values [20] outside the classes 0..13" in output
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_btcv_nonfinite_skip_trains_on_the_rest_with_a_warning(sample, tmp_path):
     datalist = _btcv_list(sample, tmp_path, {(0, "image"): "nan"})
     bad = json.loads(Path(datalist).read_text())["training"][0]["image"]
@@ -259,7 +259,7 @@ def test_cli_btcv_nonfinite_skip_trains_on_the_rest_with_a_warning(sample, tmp_p
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_brats_nan_modality_stops_at_load_time(sample, tmp_path):
     """The BraTS bundle used to report AUC 1.0 on NaN inputs; the loader now names the modality file."""
     content = json.loads(Path(sample["brats_datalist"]).read_text())

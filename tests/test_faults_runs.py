@@ -162,7 +162,7 @@ def test_save_atomically_leaves_no_temporary_when_the_save_fails(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_kill_9_mid_epoch_then_resume_ends_with_the_uninterrupted_iteration_count(sample, tmp_path):
     """The real CLI: SIGKILL during epoch 2 of 3, then --resume True; the run ends at 3 epochs x 2 iterations."""
     runs, checkpoints = tmp_path / "runs", tmp_path / "runs" / "checkpoints"
@@ -304,7 +304,7 @@ class _PickledCode:
         return (os.system, ("true",))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("fault", ["resume_without_checkpoint", "resume_from_corrupt_checkpoint",
                                    "resume_from_pickled_code", "non_finite_loss"])
 def test_cli_run_fault_stops_with_a_message(fault, sample, tmp_path):

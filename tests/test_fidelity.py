@@ -176,7 +176,7 @@ def test_pretraining_is_reproducible_and_contrastive_at_every_step(sample, tmp_p
     assert not _equal(first_epoch, other_seed)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize(
     "bundle, overrides",
     [
