@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from monai.bundle import ConfigWorkflow
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.handlers import CheckpointLoader, NonFiniteError, RequireFiniteOutput
 from monai_dae.handlers.classification import classification_metrics
+from monai_dae.networks import DAESwinUNETR
 from monai_dae.utils import (
     CheckpointError,
     prepare_output_dir,
@@ -333,3 +335,56 @@ def test_cli_run_fault_stops_with_a_message(fault, sample, tmp_path):
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
     assert not (tmp_path / "models" / "model.pt").exists()
+
+
+@pytest.mark.extended
+def test_cli_training_with_an_empty_epoch_stops_before_training(sample, tmp_path):
+    datalist = json.loads(Path(sample["datalist_pretrain"]).read_text())
+    small = tmp_path / "one.json"
+    small.write_text(json.dumps({"training": datalist["training"][:1], "validation": datalist["validation"][:1]}))
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META]
+    command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], datalist=str(small),
+                             output_dir=str(tmp_path / "runs"), **TINY)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "1 item(s)" in result.stdout + result.stderr and "batch_size is 2" in result.stdout + result.stderr
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+@pytest.mark.extended
+def test_cli_evaluation_of_a_model_with_non_finite_weights_fails_instead_of_reporting(sample, tmp_path):
+    """train.json + evaluate.json on a model.pt whose weights are NaN: no val_l1 of 0.0, a non-zero exit."""
+    network = DAESwinUNETR(feature_size=TINY["feature_size"])
+    (tmp_path / "models").mkdir()
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in network.state_dict().items()}, tmp_path / "models" / "model.pt")
+    configs = f"['{TRAIN}','{CONFIGS / 'evaluate.json'}']"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META]
+    command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], output_dir=str(tmp_path / "eval"),
+                             **TINY)
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    logs = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "non-finite" in logs.lower() and "val_l1: 0.0" not in logs
+
+
+@pytest.mark.extended
+def test_cli_export_and_install_refuse_links_and_path_traversal(tmp_path):
+    bundle = tmp_path / "dae_pretrain"
+    shutil.copytree(REPO / "bundles" / "dae_pretrain", bundle, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+    (tmp_path / "secret.txt").write_text("x")
+    (bundle / "docs" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    export = subprocess.run([sys.executable, str(REPO / "tools" / "export_bundle.py"), str(bundle),
+                             "--output_dir", str(tmp_path / "dist")], cwd=REPO, env=cli_env(), capture_output=True,
+                            text=True, timeout=600)
+    assert export.returncode != 0 and str(bundle / "docs" / "leak.txt") in export.stdout + export.stderr
+    assert not list(tmp_path.rglob("*.zip"))
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("bundle/configs/train.json", "{}")
+        z.writestr("../escape.txt", "x")
+    install = subprocess.run([sys.executable, str(REPO / "tools" / "install_bundle.py"), str(archive),
+                              str(tmp_path / "installed")], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert install.returncode != 0 and "../escape.txt" in install.stdout + install.stderr
+    assert not (tmp_path / "installed").exists() and not (tmp_path / "escape.txt").exists()
