@@ -16,10 +16,10 @@ entries, fixed timestamps), so its sha256 only changes when the content does.
 
 Example::
 
-    python tools/export_bundle.py dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.1.0.zip
+    python tools/export_bundle.py dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.0.zip
     python tools/export_bundle.py --output_dir dist                # every bundle of bundles/
     # then, anywhere MONAI is installed:
-    python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.1.0.zip \
+    python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.2.0.zip \
         --bundle_dir ./bundles_installed
 """
 
