@@ -206,7 +206,7 @@ def _rename_output(bundle: Path, metadata: dict) -> None:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda bundle, meta: meta.update(version="0.2.0"), "'changelog' has no entry for version '0.2.0'"),
+        (lambda bundle, meta: meta.update(version="9.9.9"), "'changelog' has no entry for version '9.9.9'"),
         (lambda bundle, meta: meta.pop("task"), "does not verify against the schema"),
         (_rename_output, "must name the input 'image' and the output 'pred'"),
         (lambda bundle, meta: (bundle / "LICENSE").unlink(), "missing LICENSE"),
