@@ -7,6 +7,8 @@ MONAILABEL_VENV ?= .venv-monailabel
 SAMPLE_DIR ?= data/sample
 DEMO_DIR ?= runs/demo
 BUNDLE := bundles/dae_pretrain
+# the pretext method of `make demo`: the name of an overlay in $(BUNDLE)/configs (dae, volume_fusion)
+METHOD ?= dae
 # Demo settings: small and fast on a CPU, the paper's crop and network size when a GPU is present.
 DEMO_CPU_ARGS ?= --roi_size "[64,64,64]" --feature_size 12 --max_epochs 3 --num_workers 2
 DEMO_GPU_ARGS ?= --roi_size "[96,96,96]" --feature_size 48 --max_epochs 20 --num_workers 0
@@ -45,7 +47,7 @@ demo: sample-data
 	else \
 		args='$(DEMO_CPU_ARGS)'; echo "No GPU: pretraining at 64^3, feature size 12 (CPU demo settings)"; \
 	fi; \
-	eval $(PY) -m monai.bundle run training --config_file $(BUNDLE)/configs/train.json \
+	eval $(PY) -m monai.bundle run training --config_file "['$(BUNDLE)/configs/pretrain_base.json','$(BUNDLE)/configs/$(METHOD).json']" \
 		--dataset_dir $(SAMPLE_DIR) --output_dir $(DEMO_DIR) --ckpt_dir $(DEMO_DIR)/models $$args \
 	&& echo "" \
 	&& echo "Best model (by validation L1): $(DEMO_DIR)/models/model.pt" \

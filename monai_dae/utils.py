@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import pickle
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "bundle_dir",
+    "training_config_files",
+    "pretext_methods",
+    "PRETRAIN_BASE_CONFIG",
     "latest_checkpoint",
     "prepare_output_dir",
     "resumable_checkpoint",
@@ -50,6 +54,56 @@ def bundle_dir(name: str) -> str:
         return str(package_parent)
     candidate = package_parent / "bundles" / name
     return str(candidate) if candidate.is_dir() else os.getcwd()
+
+
+PRETRAIN_BASE_CONFIG = "pretrain_base.json"
+"""The base pretraining config of ``dae_pretrain``; each pretext method adds its overlay (``dae.json``, ...)."""
+
+
+def training_config_files(bundle_root: str, method: str = "dae") -> list[str]:
+    """
+    The config files of a bundle's training, in merge order: ``configs/train.json`` when the bundle has one (the
+    fine-tuning bundles, an exported Model Zoo bundle), else the base pretraining config and the overlay of the
+    pretext ``method`` (``configs/pretrain_base.json`` + ``configs/<method>.json``).
+
+    Args:
+        bundle_root: the bundle folder.
+        method: the pretext method of a pretraining bundle (the name of its overlay, e.g. "dae").
+
+    Returns:
+        absolute paths of the config files.
+
+    Raises:
+        FileNotFoundError: the bundle has neither, or no overlay for ``method``; the message lists the methods.
+    """
+    configs = Path(bundle_root).resolve() / "configs"
+    if (configs / "train.json").is_file():
+        return [str(configs / "train.json")]
+    base = configs / PRETRAIN_BASE_CONFIG
+    if not base.is_file():
+        raise FileNotFoundError(f"{configs}: neither train.json nor {PRETRAIN_BASE_CONFIG}.")
+    overlay = configs / f"{method}.json"
+    if not overlay.is_file():
+        raise FileNotFoundError(f"{configs}: no overlay '{method}.json' for pretext method '{method}'; methods: "
+                                f"{pretext_methods(bundle_root)}.")
+    return [str(base), str(overlay)]
+
+
+def pretext_methods(bundle_root: str) -> list[str]:
+    """
+    Args:
+        bundle_root: a pretraining bundle folder.
+
+    Returns:
+        the pretext methods it has an overlay for (``configs/<method>.json`` files that set ``loss``), sorted.
+    """
+    methods = []
+    for path in sorted((Path(bundle_root) / "configs").glob("*.json")):
+        with open(path) as file:
+            content = json.load(file)
+        if isinstance(content, dict) and "loss" in content and path.name != PRETRAIN_BASE_CONFIG:
+            methods.append(path.stem)
+    return methods
 
 
 def latest_checkpoint(directory: str, pattern: str = "checkpoint*.pt") -> str | None:

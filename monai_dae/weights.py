@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from monai_dae.networks.dae_swin_unetr import use_conv_stem
+from monai_dae.networks.backbone import PretextSwinUNETR, use_conv_stem
 from monai_dae.networks.merging import LegacyPatchMerging, is_merging_record
 
 __all__ = [
@@ -338,8 +338,8 @@ def _convert(
                 dropped[origin[key]] = "pretraining-only tensor (final norm)"
                 continue
         elif layout == "dae_bundle":
-            if key.startswith(("projection_head.", "local_masking.")):
-                dropped[origin[key]] = "pretraining-only module (projection head)"
+            if key.startswith(PretextSwinUNETR.pretext_prefixes):
+                dropped[origin[key]] = "pretraining-only module (pretext head)"
                 continue
         for old_name, new_name in _MLP_RENAMES:
             new = new.replace(old_name, new_name)

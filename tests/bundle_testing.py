@@ -1,5 +1,5 @@
 """
-What the bundle tests share: the repository root, the command-line form of bundle overrides, the environment
+What the bundle tests share: the repository root, the pretraining configs, the command-line form of bundle overrides, the environment
 of a ``python -m monai.bundle`` subprocess, the tiny ``dae_btcv_seg`` settings, and the probe that a resumed
 training uses to see where it started and which best score it brought back.
 """
@@ -12,7 +12,17 @@ from pathlib import Path
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from monai_dae.utils import training_config_files
+
 REPO = Path(__file__).resolve().parents[1]
+PRETRAIN_CONFIGS = REPO / "bundles" / "dae_pretrain" / "configs"
+DAE_TRAIN = training_config_files(str(PRETRAIN_CONFIGS.parent), "dae")
+"""dae_pretrain's training configs for DAE: the base pretraining config and the ``dae.json`` overlay."""
+
+
+def config_arg(*files) -> str:
+    """The ``--config_file`` argument of ``python -m monai.bundle`` for several files merged in order."""
+    return "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 # dae_btcv_seg at test size; the crop size is each test's (the Swin UNETR decoder needs more than a 1^3 bottleneck)
 BTCV_TINY = {

@@ -22,10 +22,10 @@ from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
 
-from bundle_testing import REPO, cli_env, cli_overrides, record_epoch_starts
+from bundle_testing import DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg, record_epoch_starts
 
 CONFIGS = REPO / "bundles" / "dae_pretrain" / "configs"
-TRAIN = str(CONFIGS / "train.json")
+TRAIN = DAE_TRAIN
 EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
@@ -159,7 +159,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
 def test_train_and_evaluate_overlay_reproduces_validation_l1(trained):
     root = trained["root"]
     overrides = {**trained["overrides"], "output_dir": str(root / "eval")}
-    workflow = ConfigWorkflow(config_file=[TRAIN, EVALUATE], meta_file=META, workflow_type="train", **overrides)
+    workflow = ConfigWorkflow(config_file=[*TRAIN, EVALUATE], meta_file=META, workflow_type="train", **overrides)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -229,7 +229,7 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
         "run",
         "training",
         "--config_file",
-        TRAIN,
+        config_arg(*TRAIN),
         "--meta_file",
         META,
         "--tracking",
@@ -282,7 +282,7 @@ def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path)
         "run",
         "training",
         "--config_file",
-        f"['{TRAIN}','{MULTI_GPU}']",
+        config_arg(*TRAIN, MULTI_GPU),
         "--meta_file",
         META,
         *cli_overrides(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,6 +20,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_dae.networks import is_merging_record
+from monai_dae.utils import training_config_files
 from monai_dae.weights import (
     LEGACY_MERGING_LAYOUTS,
     LoadReport,
@@ -78,9 +80,9 @@ def _group(key: str) -> str:
 
 
 def bundle_network(target: str, architecture: dict, pretrained_path: str | None = None):
-    """The target bundle's network_def built from its configs/train.json, and its pretrained_path result."""
+    """The target bundle's network_def built from its training configs, and its pretrained_path result."""
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / target / "configs" / "train.json"))
+    parser.read_config(training_config_files(str(REPO / "bundles" / target)))
     for key, value in architecture.items():
         parser[key if key in parser.config else f"network_def#{key}"] = value
     if pretrained_path is not None:
@@ -154,7 +156,8 @@ def test_complete_file_loads_strictly_into_dae_pretrain(checkpoints, tmp_path, c
     path, source = checkpoints["dae_official"]
     bundle = tmp_path / "dae_pretrain"
     (bundle / "configs").mkdir(parents=True)
-    (bundle / "configs" / "train.json").write_text((REPO / "bundles/dae_pretrain/configs/train.json").read_text())
+    for config in training_config_files(str(REPO / "bundles" / "dae_pretrain")):
+        shutil.copy(config, bundle / "configs")
     report = convert_checkpoint(path, str(bundle), complete=True)
     printed = capsys.readouterr().out
     output = bundle / "models" / "model.pt"  # default output of a bundle without pretrained_path

@@ -21,15 +21,18 @@ from monai.networks.nets import SwinUNETR
 from monai_dae.data.datalist import inference_data
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.settings import SettingsError, check_settings
+from monai_dae.utils import training_config_files
 
-from bundle_testing import REPO, cli_env, cli_overrides
+from bundle_testing import REPO, cli_env, cli_overrides, config_arg
 
 BUNDLES = REPO / "bundles"
 
 
-def _run(bundle: str, config: str, workflow: str = "training", **overrides) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", workflow,
-               "--config_file", str(BUNDLES / bundle / "configs" / config), *cli_overrides(**overrides)]
+def _run(bundle: str, *config_names: str, workflow: str = "training", **overrides) -> subprocess.CompletedProcess:
+    """``monai.bundle run`` of the named configs, by default the bundle's training configs (dae_pretrain: DAE's)."""
+    names = [str(BUNDLES / bundle / "configs" / name) for name in config_names]
+    configs = config_arg(*(names or training_config_files(str(BUNDLES / bundle))))
+    command = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", configs, *cli_overrides(**overrides)]
     return subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=600, cwd=str(REPO))
 
 
@@ -85,7 +88,7 @@ def test_inference_data_takes_an_image_a_datalist_file_or_a_list(tmp_path):
     ],
 )
 def test_bad_setting_stops_the_cli_before_training(bundle, overrides, key, tmp_path):
-    result = _run(bundle, "train.json", bundle_root=str(tmp_path), **overrides)
+    result = _run(bundle, bundle_root=str(tmp_path), **overrides)
     assert result.returncode != 0
     assert f"bundle config key '{key}'" in result.stderr + result.stdout
     assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()
@@ -98,7 +101,7 @@ def test_btcv_inference_reads_a_datalist_path_from_the_command_line(tmp_path):
     models = tmp_path / "bundle" / "models"
     models.mkdir(parents=True)
     torch.save(SwinUNETR(in_channels=1, out_channels=14, feature_size=12).state_dict(), models / "model.pt")
-    result = _run("dae_btcv_seg", "inference.json", "run", bundle_root=str(tmp_path / "bundle"),
+    result = _run("dae_btcv_seg", "inference.json", workflow="run", bundle_root=str(tmp_path / "bundle"),
                   dataset_dir=paths["btcv_dir"], datalist=paths["btcv_datalist"], datalist_key="validation",
                   output_dir=str(tmp_path / "pred"), feature_size=12, roi_size=[64, 64, 32], sw_batch_size=1)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,7 +144,7 @@ def test_torchrun_with_fewer_validation_cases_than_processes_stops_before_traini
     ],
 )
 def test_cli_setting_fault_stops_with_a_message(overrides, message, tmp_path):
-    result = _run("dae_pretrain", "train.json", bundle_root=str(tmp_path), **overrides)
+    result = _run("dae_pretrain", bundle_root=str(tmp_path), **overrides)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()

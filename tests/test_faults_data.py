@@ -27,14 +27,14 @@ from monai_dae.data.brats import SubjectError, load_classification_datalist
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.transforms import LoadImageNamed
 
-from bundle_testing import BTCV_TINY, REPO, cli_env, cli_overrides
+from bundle_testing import BTCV_TINY, DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg
 
 sys.path.insert(0, str(REPO / "tools"))
 from brats_datalist import build as build_brats_datalist  # noqa: E402
 from check_data import check as check_data_tool  # noqa: E402
 
 BUNDLES = REPO / "bundles"
-PRETRAIN = str(BUNDLES / "dae_pretrain" / "configs" / "train.json")
+PRETRAIN = config_arg(*DAE_TRAIN)
 BTCV = str(BUNDLES / "dae_btcv_seg" / "configs" / "train.json")
 BRATS = str(BUNDLES / "dae_brats_cls" / "configs" / "train.json")
 

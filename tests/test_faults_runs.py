@@ -35,14 +35,14 @@ from monai_dae.utils import (
     save_atomically,
 )
 
-from bundle_testing import REPO, cli_env, cli_overrides
+from bundle_testing import DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg
 
 sys.path.insert(0, str(REPO / "tools"))
 from export_bundle import bundle_entries  # noqa: E402
 from install_bundle import install_bundle  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "dae_pretrain" / "configs"
-TRAIN = str(CONFIGS / "train.json")
+TRAIN = DAE_TRAIN
 META = str(CONFIGS / "metadata.json")
 TINY = {
     "roi_size": [64, 64, 64],
@@ -99,7 +99,7 @@ def test_prepare_output_dir_refuses_a_used_output_dir(tmp_path):
 def test_cli_training_refuses_a_used_output_dir(sample, tmp_path):
     runs = _used_output(tmp_path)
     before = (runs / "checkpoints" / "checkpoint_epoch=1.pt").read_bytes()
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg(*TRAIN), "--meta_file", META]
     command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], output_dir=str(runs), **TINY)
     result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
@@ -169,7 +169,7 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_uninterrupted_iteration_coun
     """The real CLI: SIGKILL during epoch 2 of 3, then --resume True; the run ends at 3 epochs x 2 iterations."""
     runs, checkpoints = tmp_path / "runs", tmp_path / "runs" / "checkpoints"
     values = dict(TINY, max_epochs=3, val_interval=10)
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg(*TRAIN), "--meta_file", META]
     command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], output_dir=str(runs), **values)
     log = open(tmp_path / "first.log", "w")
     process = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -329,7 +329,7 @@ def test_cli_run_fault_stops_with_a_message(fault, sample, tmp_path):
             torch.save({"trainer": _PickledCode()}, checkpoints / "checkpoint_epoch=1.pt")
     if fault == "non_finite_loss":
         values["cmcl_weight"] = "$float('nan')"
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg(*TRAIN), "--meta_file", META]
     command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], output_dir=str(runs), **values)
     result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
@@ -342,7 +342,7 @@ def test_cli_training_with_an_empty_epoch_stops_before_training(sample, tmp_path
     datalist = json.loads(Path(sample["datalist_pretrain"]).read_text())
     small = tmp_path / "one.json"
     small.write_text(json.dumps({"training": datalist["training"][:1], "validation": datalist["validation"][:1]}))
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN, "--meta_file", META]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg(*TRAIN), "--meta_file", META]
     command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], datalist=str(small),
                              output_dir=str(tmp_path / "runs"), **TINY)
     result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
@@ -358,7 +358,7 @@ def test_cli_evaluation_of_a_model_with_non_finite_weights_fails_instead_of_repo
     (tmp_path / "models").mkdir()
     torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                 for k, v in network.state_dict().items()}, tmp_path / "models" / "model.pt")
-    configs = f"['{TRAIN}','{CONFIGS / 'evaluate.json'}']"
+    configs = config_arg(*TRAIN, CONFIGS / 'evaluate.json')
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", META]
     command += cli_overrides(bundle_root=str(tmp_path), dataset_dir=sample["root"], output_dir=str(tmp_path / "eval"),
                              **TINY)

@@ -20,6 +20,7 @@ from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.data.sampling import ModalityMixingSampler, SeededCacheDataset, derive_seed
 from monai_dae.handlers import GradientClipHandler
 from monai_dae.transforms import RandDAEDisruption, simulate_low_resolution
+from monai_dae.utils import training_config_files
 
 from bundle_testing import BTCV_TINY, REPO
 
@@ -31,14 +32,15 @@ BUNDLES = REPO / "bundles"
 
 def _parsed(bundle: str, key: str, **overrides):
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    parser.read_config(training_config_files(str(BUNDLES / bundle)))
     parser.update(overrides)
     return parser.get_parsed_content(key)
 
 
 def test_default_prepare_batch_keeps_the_noise_on_a_zero_volume():
     prepare_batch = _parsed("dae_pretrain", "train#prepare_batch")
-    prepare_batch.disruption.set_random_state(0)
+    copy, disruption = prepare_batch.transforms  # the clean image is kept as target, its copy disrupted
+    disruption.set_random_state(0)
     batch = {"image": torch.zeros(2, 1, 96, 96, 96), "modality_label": torch.tensor([0, 1])}
     disrupted, (clean, labels), _, kwargs = prepare_batch(batch, torch.device("cpu"))
     assert kwargs == {"return_embedding": True} and torch.equal(clean, batch["image"])
@@ -47,9 +49,9 @@ def test_default_prepare_batch_keeps_the_noise_on_a_zero_volume():
     # nearest x4 down and up: every 4^3 block holds one noise value
     assert torch.equal(disrupted[..., 0::4, 0::4, 0::4], disrupted[..., 3::4, 3::4, 3::4])
     # the paper's trilinear option averages the noise away, which is why it is not the default
-    linear = _parsed("dae_pretrain", "train#disruption", downsample_mode="trilinear", upsample_mode="trilinear")
+    linear = _parsed("dae_pretrain", "train#pretext_transforms#1", downsample_mode="trilinear", upsample_mode="trilinear")
     linear.set_random_state(0)
-    assert float(linear(torch.zeros(2, 1, 96, 96, 96)).var()) < 0.01
+    assert float(linear({"disrupted": torch.zeros(2, 1, 96, 96, 96)})["disrupted"].var()) < 0.01
 
 
 def test_grid_disruption_equals_noise_then_nearest_resampling():
@@ -124,7 +126,7 @@ def _train(bundle: str, overrides: dict, record: str | None = None, stop_after_f
         the final weights, the per-iteration values of the output key ``record``, the weights after epoch 1.
     """
     workflow = ConfigWorkflow(
-        config_file=str(BUNDLES / bundle / "configs" / "train.json"), workflow_type="train", **overrides
+        config_file=training_config_files(str(BUNDLES / bundle)), workflow_type="train", **overrides
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")

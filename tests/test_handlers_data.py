@@ -25,6 +25,7 @@ from monai_dae.handlers import (
     scalars_from_output,
     track_evaluation,
     track_hyper_parameters,
+    tunable_settings,
 )
 from monai_dae.losses import DAELoss
 from monai_dae.transforms import RandAdditiveGaussianNoise
@@ -367,14 +368,25 @@ def test_track_hyper_parameters_reaches_only_the_mlflow_handlers(tmp_path):
     assert track_hyper_parameters([StatsHandler()], {"seed": 0}) == 0  # no --tracking: nothing to do
 
 
+def test_tunable_settings_are_the_plain_top_level_values(tmp_path):
+    config = {"roi_size": [96, 96, 96], "learning_rate": 4e-4, "stem": "patch", "amp": "$torch.cuda.is_available()",
+              "legacy_merging_checkpoint": "@resume_from", "network_def": {"_target_": "SwinUNETR"}, "seed": 0,
+              "pretrained_path": None, "imports": ["$import os"], "_meta_": {}}
+    path = tmp_path / "config_20261203_120000.json"
+    path.write_text(json.dumps(config))
+    expected = {"roi_size": [96, 96, 96], "learning_rate": 4e-4, "stem": "patch", "seed": 0, "pretrained_path": None}
+    assert tunable_settings(config) == expected and tunable_settings(str(path)) == expected
+
+
 def test_track_evaluation_logs_the_config_and_ends_the_run(tmp_path):
     from monai.handlers import MLFlowHandler, StatsHandler
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     handlers = [StatsHandler(), MLFlowHandler(tracking_uri=uri, iteration_log=False)]  # MONAI's validator settings
-    config = str(tmp_path / "config_20261123_120000.json")
-    assert track_evaluation(handlers, {"fold": 0}, config) == 1
+    config = tmp_path / "config_20261123_120000.json"
+    config.write_text(json.dumps({"fold": 0, "network": "$@network_def.to(@device)"}))
+    assert track_evaluation(handlers, str(config)) == 1
     assert handlers[1].experiment_param == {"fold": 0}
-    assert handlers[1].artifacts == (config,) and handlers[1].close_on_complete
-    assert track_evaluation([MLFlowHandler(tracking_uri=uri)], {}, None) == 1  # --save_execute_config False
-    assert track_evaluation([StatsHandler()], {"fold": 0}, True) == 0  # no --tracking: nothing to do
+    assert handlers[1].artifacts == (str(config),) and handlers[1].close_on_complete
+    assert track_evaluation([MLFlowHandler(tracking_uri=uri)], None) == 1  # --save_execute_config False
+    assert track_evaluation([StatsHandler()], True) == 0  # no --tracking: nothing to do

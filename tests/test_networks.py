@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from monai_dae.networks import BACKBONE_EXCLUDED_PREFIXES, DAESwinUNETR, use_conv_stem
+from monai_dae.networks import DAESwinUNETR, PretextSwinUNETR, use_conv_stem
 
 FEATURE_SIZE = 12
 # Spatial sizes must be multiples of 32. A 32^3 input fails in train and eval mode alike (InstanceNorm always uses
@@ -187,8 +187,8 @@ def test_default_architecture_matches_paper():
     model = DAESwinUNETR()
     assert model.swinViT.patch_embed.proj.out_channels == 48
     assert model.out.conv.conv.out_channels == 1
-    assert model.local_masking.ratio == pytest.approx(0.6)
-    assert model.local_masking.num_masked(48) == 28  # int(0.6 * 48), as the authors' code and the spec count it
+    assert model.embedding_transform.masking.ratio == pytest.approx(0.6)
+    assert model.embedding_transform.masking.num_masked(48) == 28  # int(0.6 * 48), as the authors' code and the spec count it
 
 
 def test_rejects_unknown_stem():
@@ -206,7 +206,7 @@ def test_backbone_loads_into_stock_swinunetr(use_v2):
     torch.manual_seed(0)
     model = DAESwinUNETR(feature_size=FEATURE_SIZE, use_v2=use_v2)
     backbone = model.backbone_state_dict()
-    assert not any(k.startswith(BACKBONE_EXCLUDED_PREFIXES) for k in backbone)
+    assert not any(k.startswith(("out.", *PretextSwinUNETR.pretext_prefixes)) for k in backbone)
 
     stock = SwinUNETR(in_channels=1, out_channels=14, feature_size=FEATURE_SIZE, use_v2=use_v2)
     result = stock.load_state_dict(backbone, strict=False)

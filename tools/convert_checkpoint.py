@@ -5,7 +5,8 @@ collection, with the bundle's own loading code.
 Reads any layout of :py:data:`monai_dae.weights.LAYOUTS`: the DAE authors' ``ckpt_best.pth`` (also straight
 from their ``DAE_SSL_WEIGHTS.zip``), MONAI's ``ssl_pretrained_weights.pth``, Swin-SSL ``model_swinvit.pt``,
 VoCo SwinUNETR weights, or ``models/model.pt`` of ``dae_pretrain``. The target network is built from the
-target bundle's ``configs/train.json`` (``network_def``) with the feature size, stem and SwinUNETR version
+target bundle's training configs (``network_def`` of ``configs/train.json``, or of the base config and the DAE
+overlay of ``dae_pretrain``) with the feature size, stem and SwinUNETR version
 the checkpoint was trained with (read from its tensors, or given), and the weights are loaded by the
 bundle's own ``pretrained_path`` item (``monai_dae.weights.load_pretrained``; ``torch.load(weights_only=True)``,
 so a file holding pickled code is refused). A bundle without a ``pretrained_path`` item (``dae_pretrain``)
@@ -56,7 +57,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from monai.bundle import ConfigParser  # noqa: E402
 
 from monai_dae.networks import is_merging_record  # noqa: E402
-from monai_dae.utils import save_atomically  # noqa: E402
+from monai_dae.utils import save_atomically, training_config_files  # noqa: E402
 from monai_dae.weights import (  # noqa: E402
     LoadReport,
     convert_state_dict,
@@ -192,7 +193,7 @@ def convert_checkpoint(
 
     Args:
         checkpoint: checkpoint file of any supported layout, or a zip archive holding one (see ``member``).
-        target: target bundle: a folder with ``configs/train.json`` or a bundle name of this checkout
+        target: target bundle: a bundle folder or a bundle name of this checkout
             (``dae_pretrain``, ``dae_btcv_seg``, ``dae_brats_cls``).
         output: file to write; default ``<bundle>/models/model.pt`` when the bundle has no ``pretrained_path``
             key, else ``<bundle>/models/pretrained.pt``.
@@ -217,10 +218,9 @@ def convert_checkpoint(
         FileNotFoundError, RuntimeError, ValueError: unreadable checkpoint (pickled code included), unknown
             layout, or weights that do not fit the target network; nothing is written then.
     """
-    bundle_root = str(resolve_bundle(target, required="configs/train.json"))
-    config_file = os.path.join(bundle_root, "configs", "train.json")
+    bundle_root = str(resolve_bundle(target))
     parser = ConfigParser()
-    parser.read_config(config_file)
+    parser.read_config(training_config_files(bundle_root))
     loader_id = _loader_id(parser)
     if output is None:
         output = os.path.join(bundle_root, "models", "pretrained.pt" if loader_id else "model.pt")

@@ -6,7 +6,10 @@ The zip holds one top-level folder ``<name>/`` with the bundle's ``LICENSE``, ``
 package in the bundle root, so that the unzipped bundle runs with only MONAI and its dependencies installed:
 ``python -m monai.bundle run`` started from the bundle folder imports ``monai_dae`` from there, and
 ``monai_dae.utils.bundle_dir`` then resolves ``bundle_root`` to that folder. Weights (``*.pt``, ``*.pth``,
-``*.ts``, ``*.onnx``), ``models/``, run outputs and ``__pycache__`` are left out.
+``*.ts``, ``*.onnx``), ``models/``, run outputs and ``__pycache__`` are left out. A pretraining bundle
+(``configs/pretrain_base.json`` plus one overlay per pretext method) is packed for one method: its
+``configs/train.json`` is the base config merged with that method's overlay (``--method``, default ``dae``), as
+the Model Zoo expects one ``train.json``, and the base and overlay files are left out.
 
 Before writing, the bundle is checked as the Model Zoo checks it: ``configs/metadata.json`` verifies against
 the vendored schema (``tools/schema/meta_schema_20240725.json``), its ``changelog`` has an entry for its
@@ -34,6 +37,7 @@ from pathlib import Path
 import fire
 
 from bundle_paths import REPO_ROOT, bundle_names, resolve_bundle
+from monai_dae.utils import PRETRAIN_BASE_CONFIG, pretext_methods, training_config_files
 
 PACKAGE = REPO_ROOT / "monai_dae"
 SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
@@ -152,13 +156,33 @@ def bundle_entries(bundle_dir: str | Path, package_dir: str | Path = PACKAGE) ->
     return dict(sorted(entries.items()))
 
 
-def export_bundle(bundle: str, output_dir: str = "dist") -> str:
+def merged_training_config(bundle_dir: str | Path, method: str = "dae") -> bytes:
+    """
+    The ``configs/train.json`` of a pretraining bundle for the Model Zoo: its base config merged with the overlay
+    of one pretext method, as ``python -m monai.bundle run --config_file "['pretrain_base.json','<method>.json']"``
+    merges them.
+
+    Args:
+        bundle_dir: a bundle folder with ``configs/pretrain_base.json``.
+        method: the pretext method (the name of its overlay).
+
+    Returns:
+        the merged config as JSON text.
+    """
+    from monai.bundle import ConfigParser
+
+    merged = ConfigParser.load_config_files(training_config_files(str(bundle_dir), method))
+    return (json.dumps(merged, indent=4) + "\n").encode()
+
+
+def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae") -> str:
     """
     Check a bundle and write its Model Zoo zip ``<output_dir>/<name>_v<version>.zip``.
 
     Args:
         bundle: bundle name (a folder of ``bundles/``) or path to a bundle folder.
         output_dir: folder of the zip (created if missing).
+        method: for a pretraining bundle, the pretext method whose merged config is packed as ``train.json``.
 
     Returns:
         the path of the zip.
@@ -170,40 +194,46 @@ def export_bundle(bundle: str, output_dir: str = "dist") -> str:
     bundle_dir = resolve_bundle(bundle)
     name = bundle_dir.name
     version = check_bundle(bundle_dir)["version"]
-    entries = bundle_entries(bundle_dir)
+    contents: dict[str, bytes] = {arcname: source.read_bytes() for arcname, source in bundle_entries(bundle_dir).items()}
+    if (bundle_dir / "configs" / PRETRAIN_BASE_CONFIG).is_file():
+        train = merged_training_config(bundle_dir, method)
+        for overlay in [PRETRAIN_BASE_CONFIG] + [f"{m}.json" for m in pretext_methods(str(bundle_dir))]:
+            contents.pop(f"configs/{overlay}")
+        contents = dict(sorted({**contents, "configs/train.json": train}.items()))
 
     os.makedirs(output_dir, exist_ok=True)
     path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
     partial = path.with_name(path.name + ".partial")
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for arcname, source in entries.items():
+            for arcname, content in contents.items():
                 info = zipfile.ZipInfo(f"{name}/{arcname}", date_time=ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
-                archive.writestr(info, source.read_bytes())
+                archive.writestr(info, content)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    print(f"{path}: {len(entries)} files, {path.stat().st_size} bytes, sha256 {digest}")
+    print(f"{path}: {len(contents)} files, {path.stat().st_size} bytes, sha256 {digest}")
     return str(path)
 
 
-def export_bundles(*bundles: str, output_dir: str = "dist") -> list[str]:
+def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae") -> list[str]:
     """
     Export several bundles (all bundles of ``bundles/`` when none is named), each checked first.
 
     Args:
         bundles: bundle names or folders; none means every bundle of ``bundles/``.
         output_dir: folder of the zips (created if missing).
+        method: the pretext method packed for the pretraining bundle.
 
     Returns:
         the paths of the zips, in the order of ``bundles``.
     """
     names = bundles or bundle_names()
-    return [export_bundle(bundle, output_dir) for bundle in names]
+    return [export_bundle(bundle, output_dir, method) for bundle in names]
 
 
 def main() -> None:

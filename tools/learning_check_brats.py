@@ -140,7 +140,7 @@ def check(
         root = work / "pretrain"
         tick = time.time()
         workflow = run_workflow(
-            "train.json",
+            ["pretrain_base.json", "dae.json"],
             "train",
             PRETRAIN,
             bundle_root=str(root),

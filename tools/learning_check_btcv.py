@@ -103,7 +103,7 @@ def _pretrain(
     pretrain_list.write_text(json.dumps(split, indent=2))
     root = work / "pretrain"
     workflow = run_workflow(
-        "train.json",
+        ["pretrain_base.json", "dae.json"],
         "train",
         PRETRAIN,
         bundle_root=str(root),

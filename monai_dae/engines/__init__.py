@@ -1,3 +1,3 @@
-"""Engine pieces of the DAE pretext."""
+"""Engine pieces shared by the pretext tasks."""
 
-from monai_dae.engines.prepare_batch import DAEPrepareBatch
+from monai_dae.engines.prepare_batch import PretextPrepareBatch

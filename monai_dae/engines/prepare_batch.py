@@ -1,71 +1,82 @@
-"""Batch preparation for DAE: move the clean batch to the device and disrupt it there."""
+"""Batch preparation for pretext tasks: move the clean batch to the device and make the pretext there."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch
+from monai.utils import ensure_tuple
 
-__all__ = ["DAEPrepareBatch"]
+__all__ = ["PretextPrepareBatch"]
 
 
-class DAEPrepareBatch(PrepareBatch):
+class PretextPrepareBatch(PrepareBatch):
     """
-    ``prepare_batch`` of a MONAI trainer or evaluator for the DAE pretext: the clean images are moved to the
-    device and disrupted there as a whole batch (one kernel launch per disruption, independent randomness per
-    sample); the network input is the disrupted batch and the target the clean one.
+    ``prepare_batch`` of a MONAI trainer or evaluator for any pretext task: the tensors of the collated batch
+    are moved to the device, a list of batched dictionary transforms makes the pretext there (one kernel launch
+    per transform, independent randomness per sample: DAE's disruptions, Volume Fusion's mixing, ...), and the
+    network input and the targets are read from the resulting dictionary.
 
-    With ``with_embedding=True`` (training) it returns
-    ``(disrupted, (clean, modality_labels), (), {"return_embedding": True})`` so that the network also returns
-    its contrastive embedding and :py:class:`monai_dae.losses.DAELoss` gets both targets; otherwise
-    ``(disrupted, clean)`` (validation metrics on the reconstruction).
+    It returns ``(inputs, targets)``, with ``targets`` one tensor for one target key and a tuple otherwise, or
+    ``(inputs, targets, (), network_kwargs)`` when ``network_kwargs`` is given (e.g. ``{"return_embedding":
+    True}`` for a loss with a contrastive term).
 
     Args:
-        disruption: callable applied to the clean (B, C, *spatial) batch on the device, typically
-            ``RandDAEDisruption(batched=True)``; None feeds the clean images (local masking only).
-        image_key: key of the clean images in the batch.
-        modality_key: key of the integer modality labels.
-        with_embedding: training mode as described above.
+        transforms: callables mapping the dictionary of device tensors to a dictionary, applied in order
+            (e.g. ``CopyItemsd`` to keep the clean image, then ``RandDAEDisruptiond(batched=True)``).
+        input_key: key of the network input after the transforms.
+        target_keys: key(s) of the targets after the transforms.
+        network_kwargs: keyword arguments of the network call.
     """
 
     def __init__(
         self,
-        disruption: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        image_key: str = "image",
-        modality_key: str = "modality_label",
-        with_embedding: bool = True,
+        transforms: Sequence[Callable[[dict], dict]] = (),
+        input_key: str = "image",
+        target_keys: str | Sequence[str] = "image",
+        network_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.disruption = disruption
-        self.image_key = image_key
-        self.modality_key = modality_key
-        self.with_embedding = with_embedding
+        self.transforms = list(transforms)
+        self.input_key = input_key
+        self.target_keys = ensure_tuple(target_keys)
+        self.network_kwargs = dict(network_kwargs) if network_kwargs else None
 
     def __call__(
         self,
-        batchdata: dict[str, torch.Tensor],
+        batchdata: Mapping[str, Any],
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> Any:
         """
         Args:
-            batchdata: collated batch with the image and modality label keys.
+            batchdata: collated batch; its tensors (and MetaTensors, as plain tensors) go to the device.
             device: target device.
             non_blocking: asynchronous host-to-device copy.
-            kwargs: further arguments of ``Tensor.to`` (e.g. ``memory_format``).
+            kwargs: further arguments of ``Tensor.to`` for the floating-point tensors (e.g. ``memory_format``).
 
         Returns:
             see the class description.
         """
-        images = batchdata[self.image_key]
-        if isinstance(images, MetaTensor):
-            images = images.as_tensor()
-        clean = images.to(device=device, non_blocking=non_blocking, **kwargs)
-        disrupted = clean if self.disruption is None else self.disruption(clean)
-        if not self.with_embedding:
-            return disrupted, clean
-        labels = torch.as_tensor(batchdata[self.modality_key]).to(device=device, non_blocking=non_blocking)
-        return disrupted, (clean, labels), (), {"return_embedding": True}
+        data: dict[str, Any] = {}
+        for key, value in batchdata.items():
+            if isinstance(value, MetaTensor):
+                value = value.as_tensor()
+            if isinstance(value, torch.Tensor):
+                extra = kwargs if value.is_floating_point() else {}
+                value = value.to(device=device, non_blocking=non_blocking, **extra)
+            data[key] = value
+        for transform in self.transforms:
+            data = transform(data)
+        missing = [key for key in (self.input_key, *self.target_keys) if key not in data]
+        if missing:
+            raise KeyError(f"PretextPrepareBatch: keys {missing} are not in the batch after the pretext transforms "
+                           f"(available: {sorted(map(str, data))}).")
+        inputs = data[self.input_key]
+        targets = data[self.target_keys[0]] if len(self.target_keys) == 1 else tuple(data[k] for k in self.target_keys)
+        if self.network_kwargs is None:
+            return inputs, targets
+        return inputs, targets, (), dict(self.network_kwargs)

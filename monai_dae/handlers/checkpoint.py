@@ -19,7 +19,7 @@ from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
 from monai_dae.utils import is_secondary_rank, save_atomically
 
-__all__ = ["AtomicDiskSaver", "CheckpointLoader", "CheckpointSaver"]
+__all__ = ["AtomicDiskSaver", "CheckpointLoader", "CheckpointSaver", "resumable_training_handlers"]
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -139,3 +139,31 @@ class CheckpointLoader(MonaiCheckpointLoader):
             except CheckpointError as problem:
                 raise problem from error
             raise RuntimeError(f"cannot load checkpoint '{path}' into {sorted(self.load_dict)}: {error}") from error
+
+
+def resumable_training_handlers(
+    checkpoint_dir: str, resume_from: str, state: Mapping[str, Any], map_location: Any = "cpu"
+) -> list[Any]:
+    """
+    The state handlers of every training bundle, in one place: a :py:class:`CheckpointLoader` that restores
+    ``state`` from ``resume_from`` (only when it is set) and a :py:class:`CheckpointSaver` that writes ``state``
+    atomically to ``checkpoint_dir`` after every epoch (the last one kept) and as ``checkpoint_final.pt`` at the
+    end. Attach them after the trainer is built (the ``run`` section of the bundles).
+
+    Args:
+        checkpoint_dir: folder of the resumable checkpoints.
+        resume_from: checkpoint to resume from, or "" (see :py:func:`monai_dae.utils.resumable_checkpoint`).
+        state: what a checkpoint holds, e.g. ``{"model": ..., "optimizer": ..., "lr_scheduler": ...,
+            "trainer": ..., "best_model_saver": ...}``.
+        map_location: device the checkpoint is read onto.
+
+    Returns:
+        the handlers: ``[loader, saver]`` when resuming, else ``[saver]``.
+    """
+    saver = CheckpointSaver(
+        save_dir=checkpoint_dir, save_dict=dict(state), save_interval=1, n_saved=1, save_final=True,
+        final_filename="checkpoint_final.pt",
+    )
+    if not resume_from:
+        return [saver]
+    return [CheckpointLoader(load_path=resume_from, load_dict=dict(state), map_location=map_location), saver]

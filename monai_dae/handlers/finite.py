@@ -18,6 +18,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from monai_dae.handlers.handlers import loss_term_keys
+
 __all__ = ["NonFiniteError", "StopOnNonFiniteLoss", "RequireFiniteOutput"]
 
 
@@ -39,11 +41,12 @@ class StopOnNonFiniteLoss:
     Attach it after :py:class:`monai_dae.handlers.LossComponentsHandler` so the terms are in the output.
 
     Args:
-        keys: the output entries to check (absent ones are skipped), e.g. ``["loss", "loss_l1", "loss_cmcl"]``.
+        keys: the output entries to check (absent ones are skipped), e.g. ``["loss", "loss_l1", "loss_cmcl"]``;
+            None checks the loss and all its named terms (:py:func:`monai_dae.handlers.loss_term_keys`).
     """
 
-    def __init__(self, keys: Sequence[str] = ("loss",)) -> None:
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
+    def __init__(self, keys: Sequence[str] | None = None) -> None:
+        self.keys = [keys] if isinstance(keys, str) else None if keys is None else list(keys)
 
     def attach(self, engine: Engine) -> None:
         """
@@ -55,7 +58,8 @@ class StopOnNonFiniteLoss:
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
         item = output[0] if isinstance(output, list) else output
-        terms = {key: _scalar(item[key]) for key in self.keys if key in item}
+        keys = loss_term_keys(output) if self.keys is None else self.keys
+        terms = {key: _scalar(item[key]) for key in keys if key in item}
         terms = {key: value for key, value in terms.items() if value is not None}
         if all(math.isfinite(value) for value in terms.values()):
             return

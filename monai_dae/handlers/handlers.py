@@ -1,4 +1,4 @@
-"""Ignite handlers of the DAE pretext: loss components, seeded validation, reconstruction previews."""
+"""Ignite handlers of the pretext tasks: named loss terms, seeded randomness, gradient clipping, previews."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from monai_dae.utils import distributed_rank
 
 __all__ = [
     "LossComponentsHandler",
+    "EpochLossTermsHandler",
+    "loss_term_keys",
     "SetRandomStateHandler",
     "SetEpochHandler",
     "GradientClipHandler",
@@ -24,13 +26,31 @@ __all__ = [
 ]
 
 
-def scalars_from_output(keys: Sequence[str]) -> Callable[[Any], dict[str, float]]:
+def loss_term_keys(output: Any) -> list[str]:
+    """
+    The loss entries of an engine output: ``loss`` and every ``loss_<term>`` that
+    :py:class:`LossComponentsHandler` copied from a :py:class:`monai_dae.losses.PretextLoss`.
+
+    Args:
+        output: ``engine.state.output``, a dict or a decollated list of dicts.
+
+    Returns:
+        the keys, ``loss`` first.
+    """
+    item = output[0] if isinstance(output, list) else output
+    if not isinstance(item, Mapping):
+        return []
+    return sorted((k for k in item if k == "loss" or str(k).startswith("loss_")), key=lambda k: (k != "loss", k))
+
+
+def scalars_from_output(keys: Sequence[str] | None = None) -> Callable[[Any], dict[str, float]]:
     """
     Output transform for ``StatsHandler``, ``TensorBoardStatsHandler`` and ``MLFlowHandler``: pick scalar
     entries of ``engine.state.output`` (a dict, or a decollated list of dicts) as a ``{name: float}`` dict.
 
     Args:
-        keys: output keys to report, e.g. ``["loss", "loss_l1", "loss_cmcl"]``; absent keys are skipped.
+        keys: output keys to report (absent keys are skipped); None reports the loss and all its named terms
+            (:py:func:`loss_term_keys`), whatever the loss.
 
     Returns:
         the output transform.
@@ -38,16 +58,17 @@ def scalars_from_output(keys: Sequence[str]) -> Callable[[Any], dict[str, float]
 
     def _transform(output: Any) -> dict[str, float]:
         item = output[0] if isinstance(output, list) else output
-        return {k: float(item[k].detach() if isinstance(item[k], torch.Tensor) else item[k]) for k in keys if k in item}
+        chosen = loss_term_keys(output) if keys is None else [k for k in keys if k in item]
+        return {k: float(item[k].detach() if isinstance(item[k], torch.Tensor) else item[k]) for k in chosen}
 
     return _transform
 
 
 class LossComponentsHandler:
     """
-    Copy the components of a loss that records them (``loss_function.components``, e.g.
-    :py:class:`monai_dae.losses.DAELoss`) into ``engine.state.output`` after every loss computation, so that
-    stats, TensorBoard and MLflow handlers log them next to the total ``loss``.
+    Copy the named terms of a :py:class:`monai_dae.losses.PretextLoss` (``loss_function.components``) into
+    ``engine.state.output`` after every loss computation, so that stats, TensorBoard and MLflow handlers log
+    them next to the total ``loss``.
     """
 
     def attach(self, engine: Engine) -> None:
@@ -61,6 +82,48 @@ class LossComponentsHandler:
         engine.state.output.update(getattr(engine.loss_function, "components", {}))
 
 
+class EpochLossTermsHandler:
+    """
+    Put the epoch mean of every named loss term (``loss_<term>`` of the iteration outputs, see
+    :py:func:`loss_term_keys`) into ``engine.state.metrics`` as ``epoch_loss_<term>``, averaged over all ranks
+    under ``torch.distributed``, so the epoch-level stats, TensorBoard and MLflow handlers report them for any
+    loss. Attach it before those handlers.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: a trainer whose output holds the loss terms (after :py:class:`LossComponentsHandler`).
+        """
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._count = {}, 0
+
+    def _accumulate(self, engine: Engine) -> None:
+        values = scalars_from_output()(engine.state.output)
+        for key, value in values.items():
+            if key != "loss":
+                self._sums[key] = self._sums.get(key, 0.0) + value
+        self._count += 1
+
+    def __call__(self, engine: Engine) -> None:
+        if not self._count:
+            return
+        names = sorted(self._sums)
+        totals = torch.tensor([self._sums[k] for k in names] + [float(self._count)], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)
+        for name, total in zip(names, totals[:-1].tolist()):
+            engine.state.metrics[f"epoch_{name}"] = total / float(totals[-1])
+
+
 class SetRandomStateHandler:
     """
     Re-seed random transforms at the start of every epoch of an engine.
@@ -71,13 +134,15 @@ class SetRandomStateHandler:
     independent ones, and a run resumed at epoch e draws what the uninterrupted run drew from there.
 
     Args:
-        transforms: objects with ``set_random_state(seed)`` (transforms, ``LocalMasking``, ...).
+        transforms: objects with ``set_random_state(seed)`` (transforms, ``PatchEmbeddingMasking``, ...); others
+            (deterministic transforms such as ``CopyItemsd``, None) are skipped and do not count in k.
         seed: the base seed.
         per_epoch: derive a fresh seed for every epoch, rank and object.
     """
 
     def __init__(self, transforms: Any, seed: int = 0, per_epoch: bool = False) -> None:
-        self.transforms = transforms if isinstance(transforms, (list, tuple)) else [transforms]
+        transforms = transforms if isinstance(transforms, (list, tuple)) else [transforms]
+        self.transforms = [t for t in transforms if callable(getattr(t, "set_random_state", None))]
         self.seed = int(seed)
         self.per_epoch = per_epoch
 
@@ -148,30 +213,43 @@ class GradientClipHandler:
 
 
 def _volume(value: Any, index: int = 0) -> np.ndarray:
-    """Channel 0 of sample ``index`` of a batch value (tuples contribute their first item), as float32 numpy."""
+    """
+    Sample ``index`` of a batch value as a float32 numpy volume: channel 0, or the argmax class map of a
+    multi-channel prediction (class logits); tuples contribute their first item.
+    """
     if isinstance(value, (tuple, list)):
         value = value[0]
     sample = value[index]
     array = sample.detach().float().cpu().numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample, np.float32)
-    return array[0] if array.ndim > 3 else array
+    if array.ndim > 3:
+        return array.argmax(axis=0).astype(np.float32) if array.shape[0] > 1 else array[0]
+    return array
 
 
-def preview_grid(volumes: Sequence[np.ndarray], display_range: tuple[float, float] | None = None) -> np.ndarray:
+def preview_grid(
+    volumes: Sequence[np.ndarray],
+    display_range: tuple[float, float] | None = None,
+    column_ranges: Sequence[tuple[float, float] | None] | None = None,
+) -> np.ndarray:
     """
-    Mid slices of 3D volumes in the three planes: one column per volume, rows axial, coronal, sagittal, all
-    scaled with one display range (default the 0.5-99.5 percentiles of the first volume).
+    Mid slices of 3D volumes in the three planes: one column per volume, rows axial, coronal, sagittal, scaled
+    with one display range (default the 0.5-99.5 percentiles of the first volume) unless a column has its own.
 
     Args:
         volumes: volumes of one shape (X, Y, Z).
         display_range: (low, high) intensity mapped to black and white.
+        column_ranges: per-column (low, high) overriding ``display_range`` where not None (e.g. (0, 4) for a
+            class map of 5 classes).
 
     Returns:
         a uint8 grey image (H, W).
     """
-    low, high = display_range or tuple(np.percentile(volumes[0], (0.5, 99.5)))
-    scale = 255.0 / max(high - low, 1e-6)
+    shared = display_range or tuple(np.percentile(volumes[0], (0.5, 99.5)))
+    ranges = list(column_ranges or []) + [None] * len(volumes)
     columns = []
-    for volume in volumes:
+    for volume, column_range in zip(volumes, ranges):
+        low, high = column_range or shared
+        scale = 255.0 / max(high - low, 1e-6)
         x, y, z = (s // 2 for s in volume.shape)
         planes = [volume[:, :, z], volume[:, y, :], volume[x, :, :]]
         size = max(max(p.shape) for p in planes)
@@ -181,9 +259,8 @@ def preview_grid(volumes: Sequence[np.ndarray], display_range: tuple[float, floa
             view = np.rot90(plane)
             tile[: view.shape[0], : view.shape[1]] = view
             tiles.append(tile)
-        columns.append(np.concatenate(tiles, axis=0))
-    grid = np.concatenate(columns, axis=1)
-    return np.clip((grid - low) * scale, 0, 255).astype(np.uint8)
+        columns.append(np.clip((np.concatenate(tiles, axis=0) - low) * scale, 0, 255).astype(np.uint8))
+    return np.concatenate(columns, axis=1)
 
 
 class ReconstructionPreviewHandler:
@@ -198,12 +275,15 @@ class ReconstructionPreviewHandler:
     Args:
         output_dir: directory of the PNG files (created if needed).
         panels: ``{title: output key}`` in column order; tuple values (the training target
-            ``(clean, labels)`` or prediction ``(reconstruction, embedding)``) contribute their first item.
+            ``(clean, labels)`` or prediction ``(reconstruction, embedding)``) contribute their first item, and
+            multi-channel predictions (class logits) their argmax class map.
         interval: epochs between previews (epoch level).
         epoch_level: one preview per ``interval`` epochs; False: one per sample of every iteration.
         log_dir: TensorBoard log directory, or None for PNG files only.
         prefix: file name prefix.
         name_key: batch key whose ``filename_or_obj`` metadata names the iteration-level previews.
+        display_ranges: ``{title: (low, high)}`` for panels not shown in the first panel's intensity range
+            (e.g. ``(0, 4)`` for the 5 classes of Volume Fusion).
     """
 
     def __init__(
@@ -215,6 +295,7 @@ class ReconstructionPreviewHandler:
         log_dir: str | None = None,
         prefix: str = "preview",
         name_key: str = "image",
+        display_ranges: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.output_dir = output_dir
         self.panels = dict(panels or {"clean": "label", "disrupted": "image", "reconstructed": "pred"})
@@ -223,6 +304,10 @@ class ReconstructionPreviewHandler:
         self.log_dir = log_dir
         self.prefix = prefix
         self.name_key = name_key
+        self.display_ranges = {title: tuple(r) for title, r in (display_ranges or {}).items()}
+        unknown = set(self.display_ranges) - set(self.panels)
+        if unknown:
+            raise ValueError(f"display_ranges for unknown panels {sorted(unknown)}; panels: {list(self.panels)}.")
         self._writer = None
         self._captured: list[np.ndarray] | None = None
         self.written: list[str] = []
@@ -261,7 +346,7 @@ class ReconstructionPreviewHandler:
     def _write(self, volumes: list[np.ndarray], name: str, step: int) -> None:
         from PIL import Image
 
-        grid = preview_grid(volumes)
+        grid = preview_grid(volumes, column_ranges=[self.display_ranges.get(title) for title in self.panels])
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"{self.prefix}_{name}.png")
         Image.fromarray(grid).save(path)

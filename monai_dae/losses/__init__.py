@@ -1,3 +1,4 @@
-"""Losses of the DAE pretext."""
+"""Losses of the pretext tasks: each returns its weighted total and keeps its named terms."""
 
 from monai_dae.losses.contrastive import CrossModalContrastiveLoss, DAELoss, gather_with_grad
+from monai_dae.losses.pretext import PretextLoss

@@ -1,4 +1,4 @@
-"""Cross-modal contrastive loss (CMCL) and the total DAE loss."""
+"""Cross-modal contrastive loss (CMCL) and the DAE loss (L1 reconstruction + CMCL)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
+
+from monai_dae.losses.pretext import PretextLoss
 
 __all__ = ["CrossModalContrastiveLoss", "DAELoss", "gather_with_grad"]
 
@@ -121,14 +123,14 @@ class CrossModalContrastiveLoss(_Loss):
             return -mean_log_prob_pos[valid].mean()
 
 
-class DAELoss(_Loss):
+class DAELoss(PretextLoss):
     """
-    Total DAE loss: L1 reconstruction + ``cmcl_weight`` * cross-modal contrastive loss.
+    Total DAE loss: L1 reconstruction + ``cmcl_weight`` * cross-modal contrastive loss, with the named terms
+    ``l1`` and ``cmcl`` (see :py:class:`monai_dae.losses.PretextLoss`).
 
     Called as ``loss((reconstruction, embedding), (clean_image, modality_labels))``, the shapes produced by
-    :py:class:`monai_dae.engines.DAEPrepareBatch` and ``DAESwinUNETR(x, return_embedding=True)``. The last
-    components (detached) are kept in ``self.components`` so that handlers can log them (see
-    :py:class:`monai_dae.handlers.LossComponentsHandler`).
+    :py:class:`monai_dae.engines.PretextPrepareBatch` (target keys ``image`` and ``modality_label``) and
+    ``DAESwinUNETR(x, return_embedding=True)``.
 
     Args:
         cmcl_weight: weight of the contrastive term (0.05 in the paper; 0 disables it).
@@ -137,25 +139,23 @@ class DAELoss(_Loss):
     """
 
     def __init__(self, cmcl_weight: float = 0.05, temperature: float = 0.07, gather_distributed: bool = True) -> None:
-        super().__init__()
+        super().__init__(weights={"l1": 1.0, "cmcl": cmcl_weight})
         self.cmcl_weight = float(cmcl_weight)
         self.reconstruction = nn.L1Loss()
         self.contrastive = CrossModalContrastiveLoss(temperature, gather_distributed)
-        self.components: dict[str, torch.Tensor] = {}
 
-    def forward(self, prediction, target) -> torch.Tensor:
+    def terms(self, prediction, target) -> dict[str, torch.Tensor]:
         """
         Args:
             prediction: (reconstruction (B, C, *spatial), embedding (B, D)).
             target: (clean image (B, C, *spatial), modality labels (B,)).
 
         Returns:
-            the scalar total loss.
+            ``{"l1": ..., "cmcl": ...}``.
         """
         reconstruction, embedding = prediction
         clean, modality_labels = target
-        l1 = self.reconstruction(reconstruction.float(), clean.float())
-        cmcl = self.contrastive(embedding, modality_labels)
-        total = l1 + self.cmcl_weight * cmcl
-        self.components = {"loss_l1": l1.detach(), "loss_cmcl": cmcl.detach()}
-        return total
+        return {
+            "l1": self.reconstruction(reconstruction.float(), clean.float()),
+            "cmcl": self.contrastive(embedding, modality_labels),
+        }

@@ -1,5 +1,6 @@
-"""Networks of the DAE pretext."""
+"""Networks: one Swin UNETR backbone for every pretext, the DAE specialisation and the classifier."""
 
-from monai_dae.networks.dae_swin_unetr import BACKBONE_EXCLUDED_PREFIXES, DAESwinUNETR, use_conv_stem
+from monai_dae.networks.backbone import FEATURE_NAMES, PretextSwinUNETR, ProjectionHead, use_conv_stem
 from monai_dae.networks.classifier import SwinClassifier
+from monai_dae.networks.dae_swin_unetr import DAESwinUNETR, PatchEmbeddingMasking
 from monai_dae.networks.merging import LEGACY_ORDER, LegacyPatchMerging, is_merging_record

@@ -9,7 +9,7 @@ import torch.nn as nn
 from monai.networks.nets.swin_unetr import SwinTransformer
 from monai.utils import ensure_tuple_rep
 
-from monai_dae.networks.dae_swin_unetr import use_conv_stem
+from monai_dae.networks.backbone import use_conv_stem
 
 __all__ = ["FeatureBatchNorm", "SwinClassifier"]
 
