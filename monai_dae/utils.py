@@ -29,6 +29,7 @@ __all__ = [
     "is_secondary_rank",
     "distributed_rank",
     "distributed_world_size",
+    "all_gather_list",
     "require_one_item_per_rank",
 ]
 
@@ -351,6 +352,32 @@ def distributed_world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_list(items: list) -> list:
+    """
+    Concatenate a list of picklable Python objects from every rank, in rank order (``all_gather_object``):
+    ranks may hold different numbers of items, none included. Returns ``items`` itself without an initialised
+    torch.distributed group or with one process.
+
+    MONAI's ``evenly_divisible_all_gather`` and ``string_list_all_gather`` gather tensors and strings; the rows of
+    a report mix both, and ``string_list_all_gather`` turns a rank's empty list into ``[""]``. Every rank must
+    call this (it is a collective).
+
+    Args:
+        items: this rank's items.
+
+    Returns:
+        the items of all ranks.
+    """
+    import torch.distributed as dist
+
+    world_size = distributed_world_size()
+    if world_size == 1:
+        return items
+    gathered: list[list] = [[] for _ in range(world_size)]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
 
 
 def require_one_item_per_rank(items: list, name: str) -> list:
