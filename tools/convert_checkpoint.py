@@ -7,8 +7,8 @@ from their ``DAE_SSL_WEIGHTS.zip``), MONAI's ``ssl_pretrained_weights.pth``, Swi
 VoCo SwinUNETR weights, or ``models/model.pt`` of ``dae_pretrain``. The target network is built from the
 target bundle's ``configs/train.json`` (``network_def``) with the feature size, stem and SwinUNETR version
 the checkpoint was trained with (read from its tensors, or given), and the weights are loaded by the
-bundle's own ``pretrained_path`` item (``monai_dae.weights.load_pretrained``; ``torch.load(weights_only=True)``,
-so a file holding pickled code is refused). A bundle without a ``pretrained_path`` item (``dae_pretrain``)
+bundle's own ``load_pretrained`` item (``monai_dae.weights.load_pretrained``; ``torch.load(weights_only=True)``,
+so a file holding pickled code is refused). A bundle without a ``load_pretrained`` item (``dae_pretrain``)
 gets every tensor its network can take, the output head included when its shape matches.
 
 The network gets the patch merging the checkpoint was trained with (``monai_dae.weights.resolve_legacy_merging``:
@@ -72,6 +72,9 @@ __all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "zip_member"]
 ARCHITECTURE_KEYS = ("feature_size", "stem", "use_v2")
 """Config keys set from the checkpoint: a top-level key of the bundle when it has one, else ``network_def#key``."""
 
+LOADER_ID = "load_pretrained"
+"""The config item of the fine-tuning bundles that loads ``@pretrained_path`` (``dae_pretrain`` has none)."""
+
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _CONFIG_WRAPPERS = ("Failed to evaluate", "Failed to instantiate")
 
@@ -132,18 +135,6 @@ def _is_archive(path: str) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in archive.namelist())
-
-
-def _loader_id(parser: ConfigParser) -> str | None:
-    """The top-level config item that loads ``@pretrained_path`` with ``load_pretrained``, if the bundle has one."""
-    ids = [
-        key
-        for key, value in parser.config.items()
-        if isinstance(value, str) and "load_pretrained(" in value and "@pretrained_path" in value
-    ]
-    if len(ids) > 1:
-        raise ValueError(f"the bundle config has several pretrained-weight loaders {ids}; expected one.")
-    return ids[0] if ids else None
 
 
 def _parsed(parser: ConfigParser, config_id: str, config_file: str) -> Any:
@@ -221,7 +212,7 @@ def convert_checkpoint(
     config_file = os.path.join(bundle_root, "configs", "train.json")
     parser = ConfigParser()
     parser.read_config(config_file)
-    loader_id = _loader_id(parser)
+    loader_id = LOADER_ID if LOADER_ID in parser.config else None
     if output is None:
         output = os.path.join(bundle_root, "models", "pretrained.pt" if loader_id else "model.pt")
     if os.path.exists(output) and not overwrite:
