@@ -48,15 +48,13 @@ from typing import Any
 import fire
 import torch
 
-from bundle_paths import REPO_ROOT, resolve_bundle
-
 # allow running as a script from a checkout without installing the package
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
 from monai_dae.networks import is_merging_record  # noqa: E402
-from monai_dae.utils import save_atomically  # noqa: E402
+from monai_dae.utils import bundle_dir, save_atomically  # noqa: E402
 from monai_dae.weights import (  # noqa: E402
     LoadReport,
     convert_state_dict,
@@ -208,7 +206,7 @@ def convert_checkpoint(
         FileNotFoundError, RuntimeError, ValueError: unreadable checkpoint (pickled code included), unknown
             layout, or weights that do not fit the target network; nothing is written then.
     """
-    bundle_root = str(resolve_bundle(target, required="configs/train.json"))
+    bundle_root = bundle_dir(target, required="configs/train.json")
     config_file = os.path.join(bundle_root, "configs", "train.json")
     parser = ConfigParser()
     parser.read_config(config_file)

@@ -28,12 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
 import fire
 
-from bundle_paths import REPO_ROOT, bundle_names, resolve_bundle
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout without installing the package
+
+from monai_dae.utils import bundle_dir, bundle_names  # noqa: E402
 
 PACKAGE = REPO_ROOT / "monai_dae"
 SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
@@ -167,10 +171,10 @@ def export_bundle(bundle: str, output_dir: str = "dist") -> str:
         FileNotFoundError: when the bundle does not exist.
         ValueError: when a check fails (see ``check_bundle``); nothing is written then.
     """
-    bundle_dir = resolve_bundle(bundle)
-    name = bundle_dir.name
-    version = check_bundle(bundle_dir)["version"]
-    entries = bundle_entries(bundle_dir)
+    root = Path(bundle_dir(bundle, required="configs/metadata.json"))
+    name = root.name
+    version = check_bundle(root)["version"]
+    entries = bundle_entries(root)
 
     os.makedirs(output_dir, exist_ok=True)
     path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
