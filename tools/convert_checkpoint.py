@@ -63,6 +63,7 @@ from monai_dae.weights import (  # noqa: E402
     load_pretrained,
     read_checkpoint,
     resolve_legacy_merging,
+    resolve_stem,
 )
 
 __all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "zip_member"]
@@ -187,7 +188,7 @@ def convert_checkpoint(
             key, else ``<bundle>/models/pretrained.pt``.
         member: checkpoint name inside a zip archive (default: its only ``ckpt_best.pth``).
         feature_size: network feature size; None reads it from the checkpoint.
-        stem: "conv" or "patch"; None uses the checkpoint's stem.
+        stem: "conv", "patch" or "auto" (see ``monai_dae.weights.resolve_stem``); None: the checkpoint's stem.
         use_v2: SwinUNETR v2 blocks; None uses what the checkpoint has.
         legacy_merging: the patch merging of MONAI < 1.5 (``LegacyPatchMerging``): True, False or "auto" (what
             the checkpoint was trained with, see ``monai_dae.weights.resolve_legacy_merging``); sets the target
@@ -224,8 +225,10 @@ def convert_checkpoint(
             raise ValueError(f"checkpoint '{checkpoint}': {error}") from error
         architecture = infer_architecture(convert_state_dict(raw, layout))
         del raw
-        given = {"feature_size": feature_size, "stem": stem, "use_v2": use_v2}
+        given = {"feature_size": feature_size, "use_v2": use_v2}
         architecture.update({k: v for k, v in given.items() if v is not None})
+        if stem is not None:
+            architecture["stem"] = resolve_stem(stem, path)
         legacy = resolve_legacy_merging(legacy_merging, path)
         print(
             f"checkpoint '{checkpoint}': layout '{layout}', "
