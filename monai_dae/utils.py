@@ -1,4 +1,4 @@
-"""Small helpers used by the bundle configs."""
+"""Small helpers used by the bundle configs and the tools."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "bundle_dir",
+    "bundle_names",
     "training_config_files",
     "pretext_methods",
     "PRETRAIN_BASE_CONFIG",
@@ -33,27 +34,57 @@ __all__ = [
     "is_secondary_rank",
     "distributed_rank",
     "distributed_world_size",
+    "all_gather_list",
     "require_one_item_per_rank",
 ]
 
 
-def bundle_dir(name: str) -> str:
+_CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding ``monai_dae``: a checkout (with ``bundles/``), or an exported bundle that vendors it."""
+
+
+def bundle_names() -> list[str]:
     """
-    Default ``bundle_root`` of a bundle of this collection: the bundle folder itself when ``monai_dae`` is
-    vendored inside it (an exported Model Zoo bundle), else ``bundles/<name>`` of the checkout ``monai_dae``
-    was installed from, else the current directory. Pass ``--bundle_root`` to use another copy.
+    Returns:
+        the bundles of the checkout ``monai_dae`` comes from (folders of ``bundles/`` with
+        ``configs/metadata.json``), sorted; empty for a vendored copy.
+    """
+    folder = _CHECKOUT_ROOT / "bundles"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def bundle_dir(bundle: str, required: str | None = None) -> str:
+    """
+    The root folder of a bundle of this collection: the default ``bundle_root`` of every bundle config and the
+    bundle lookup of the tools (``tools/convert_checkpoint.py``, ``export_bundle.py``, ...).
+
+    Candidates, in order: ``bundle`` itself as a folder; the bundle folder ``monai_dae`` is vendored in (an
+    exported Model Zoo bundle); ``bundles/<bundle>`` of the checkout ``monai_dae`` comes from. The first that
+    holds ``required`` (``configs/metadata.json`` when None) is the bundle.
 
     Args:
-        name: bundle folder name, e.g. "dae_pretrain".
+        bundle: a bundle name (``dae_pretrain``, ``dae_btcv_seg``, ``dae_brats_cls``) or a bundle folder.
+        required: the file, relative to the bundle root, that the caller needs. None (the bundle configs):
+            ``configs/metadata.json``, and when no candidate has it the current directory is the bundle root
+            (pass ``--bundle_root`` to use another copy).
 
     Returns:
         the absolute bundle root.
+
+    Raises:
+        FileNotFoundError: ``required`` is given and no candidate holds it; the message lists the bundles.
     """
-    package_parent = Path(__file__).resolve().parents[1]
-    if (package_parent / "configs" / "metadata.json").is_file():
-        return str(package_parent)
-    candidate = package_parent / "bundles" / name
-    return str(candidate) if candidate.is_dir() else os.getcwd()
+    marker = required or "configs/metadata.json"
+    for candidate in (Path(bundle), _CHECKOUT_ROOT, _CHECKOUT_ROOT / "bundles" / bundle):
+        if (candidate / marker).is_file():
+            return str(candidate.resolve())
+    if required is None:
+        return os.getcwd()
+    raise FileNotFoundError(
+        f"bundle '{bundle}' not found: expected a bundle folder with {required} or one of {bundle_names()}."
+    )
 
 
 PRETRAIN_BASE_CONFIG = "pretrain_base.json"
@@ -405,6 +436,32 @@ def distributed_world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_list(items: list) -> list:
+    """
+    Concatenate a list of picklable Python objects from every rank, in rank order (``all_gather_object``):
+    ranks may hold different numbers of items, none included. Returns ``items`` itself without an initialised
+    torch.distributed group or with one process.
+
+    MONAI's ``evenly_divisible_all_gather`` and ``string_list_all_gather`` gather tensors and strings; the rows of
+    a report mix both, and ``string_list_all_gather`` turns a rank's empty list into ``[""]``. Every rank must
+    call this (it is a collective).
+
+    Args:
+        items: this rank's items.
+
+    Returns:
+        the items of all ranks.
+    """
+    import torch.distributed as dist
+
+    world_size = distributed_world_size()
+    if world_size == 1:
+        return items
+    gathered: list[list] = [[] for _ in range(world_size)]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
 
 
 def require_one_item_per_rank(items: list, name: str) -> list:

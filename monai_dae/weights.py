@@ -18,6 +18,12 @@ Supported layouts (:py:data:`LAYOUTS`), all converted to the parameter names of 
   (``swinViT.layers{s}c.*`` residual blocks), encoder only; ``module.``/``backbone.`` prefixes and
   ``swin_vit`` spellings are accepted.
 
+Stem: the DAE authors' checkpoint has a convolutional stem (``monai_dae.networks.use_conv_stem``) where MONAI's
+SwinUNETR has a 2^3 patchify convolution. :py:func:`checkpoint_stem` reads which one a state dict has (published,
+converted or a network's names), :py:func:`resolve_stem` is the one place that decides which one a network gets
+(the bundle config key ``stem``: "patch", "conv" or "auto", which follows the checkpoint the network will load),
+and :py:func:`with_stem` gives it to a SwinUNETR.
+
 Patch merging: MONAI 1.5 changed the neighbour order of SwinUNETR's 3D ``PatchMerging``; the layouts
 ``dae_official``, ``monai_ssl``, ``swin_ssl`` and ``voco`` were trained before, with the order that
 :py:class:`monai_dae.networks.LegacyPatchMerging` reproduces. A state dict saved from a network with that module
@@ -59,12 +65,16 @@ __all__ = [
     "LAYOUTS",
     "LEGACY_MERGING_LAYOUTS",
     "LEGACY_MERGING_SETTINGS",
+    "STEM_SETTINGS",
     "INPUT_WEIGHT_KEYS",
     "LoadReport",
     "read_checkpoint",
     "detect_layout",
     "convert_state_dict",
     "infer_architecture",
+    "checkpoint_stem",
+    "resolve_stem",
+    "with_stem",
     "adapt_in_channels",
     "load_pretrained",
     "checkpoint_merging",
@@ -91,6 +101,9 @@ LEGACY_MERGING_LAYOUTS: tuple[str, ...] = ("dae_official", "monai_ssl", "swin_ss
 LEGACY_MERGING_SETTINGS: tuple[bool | str, ...] = (True, False, "auto")
 """Allowed values of the bundle config key ``legacy_merging``."""
 
+STEM_SETTINGS: tuple[str, ...] = ("patch", "conv", "auto")
+"""Allowed values of the bundle config key ``stem`` (see :py:func:`resolve_stem`)."""
+
 INPUT_WEIGHT_KEYS: tuple[str, ...] = (
     "swinViT.patch_embed.proj.weight",
     "swinViT.patch_embed.proj.conv1.conv.weight",
@@ -100,7 +113,7 @@ INPUT_WEIGHT_KEYS: tuple[str, ...] = (
 """SwinUNETR weights whose input dimension is the number of image channels."""
 
 _WRAPPER_KEYS = ("model", "state_dict", "network", "net")
-_CONV_STEM_KEY = "swinViT.patch_embed.proj.conv1.conv.weight"
+_CONV_STEM_PATTERN = re.compile(r"(^|\.)patch_embed\.proj\.conv[12]\.")  # any prefix: encoder., swinViT., module.
 _PATCH_STEM_KEY = "swinViT.patch_embed.proj.weight"
 _STAGE1_NORM_KEY = "swinViT.layers1.0.blocks.0.norm1.weight"
 _BACKBONE_PREFIX = "swinViT."
@@ -276,10 +289,8 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
-    if has("encoder.patch_embed.proj.conv1.") or has("encoder.patch_embed.proj.conv2."):
-        return "dae_official"
-    if has("encoder.patch_embed.") or has("encoder.layers1."):
-        return "monai_ssl"
+    if has("encoder.patch_embed.") or has("encoder.layers1."):  # MONAI 0.8 names: the stem tells them apart
+        return "dae_official" if checkpoint_stem(keys) == "conv" else "monai_ssl"
     if has("swinViT.") or has("swin_vit."):
         if has("projection_head."):
             return "dae_bundle"
@@ -404,9 +415,86 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int 
         )
     return {
         "feature_size": int(state_dict[_STAGE1_NORM_KEY].shape[0]),
-        "stem": "conv" if _CONV_STEM_KEY in state_dict else "patch",
+        "stem": checkpoint_stem(state_dict),
         "use_v2": any(k.startswith("swinViT.layers1c.") for k in state_dict),
     }
+
+
+def checkpoint_stem(state_dict: Mapping[str, torch.Tensor] | Iterable[str]) -> str:
+    """
+    The stem a state dict was saved with, read from its key names: the DAE authors' convolutional stem
+    (``patch_embed.proj.conv1/conv2.*`` under any prefix: ``encoder.`` in their checkpoint, ``swinViT.`` once
+    converted or in a network's own state dict) or MONAI's patchify convolution.
+
+    Args:
+        state_dict: a state dict, or its keys.
+
+    Returns:
+        "conv" or "patch".
+    """
+    return "conv" if any(_CONV_STEM_PATTERN.search(key) for key in state_dict) else "patch"
+
+
+def resolve_stem(setting: str, path: str | None = None) -> str:
+    """
+    Decide the stem of a network: the value of the bundle config key ``stem``. The bundle configs of the
+    fine-tuning bundles, ``tools/convert_checkpoint.py`` and :py:func:`with_stem` decide through this function.
+    The decision and its reason are logged.
+
+    "patch" (MONAI's patchify convolution) and "conv" (the DAE authors' convolutional stem, needed for their
+    checkpoint) are taken as given. "auto" follows the checkpoint the network is about to load
+    (:py:func:`checkpoint_stem`): "conv" for the authors' checkpoint or a model fine-tuned from it, else "patch";
+    "patch" when there is no checkpoint (empty ``path``) or the file does not exist yet.
+
+    Args:
+        setting: "patch", "conv" or "auto" (:py:data:`STEM_SETTINGS`).
+        path: the checkpoint the network will load (``pretrained_path`` for training, ``models/model.pt`` for
+            evaluation and inference); only read for "auto".
+
+    Returns:
+        "patch" or "conv".
+
+    Raises:
+        ValueError: ``setting`` is not one of :py:data:`STEM_SETTINGS`.
+        FileNotFoundError, RuntimeError: for "auto", the checkpoint cannot be read (see :py:func:`read_checkpoint`).
+    """
+    if setting in ("patch", "conv"):
+        stem, reason = setting, f"stem '{setting}'"
+    elif setting == "auto":
+        if not path:
+            stem, reason = "patch", "stem 'auto' and no checkpoint to load"
+        elif not os.path.isfile(path):
+            stem, reason = "patch", f"stem 'auto' and no checkpoint file '{path}' (yet)"
+        else:
+            stem, reason = checkpoint_stem(read_checkpoint(path)), f"stem 'auto' follows '{path}'"
+    else:
+        raise ValueError(
+            f"unknown value {setting!r} of the bundle config key 'stem': allowed values are {list(STEM_SETTINGS)}."
+        )
+    logger.info("%s stem (%s).", "convolutional" if stem == "conv" else "patchify", reason)
+    return stem
+
+
+def with_stem(network: nn.Module, setting: str, path: str | None = None) -> nn.Module:
+    """
+    Give a SwinUNETR-shaped network (with ``swinViT.patch_embed``) the stem :py:func:`resolve_stem` decides:
+    for "conv", the authors' convolutional stem replaces the patchify convolution in place
+    (``monai_dae.networks.use_conv_stem``), on that convolution's device; a network that already has it, or a
+    "patch" decision, leaves the network as it is.
+
+    Args:
+        network: the network (a ``SwinUNETR``).
+        setting: "patch", "conv" or "auto", see :py:func:`resolve_stem`.
+        path: the checkpoint the network will load, for "auto".
+
+    Returns:
+        the same network.
+    """
+    if resolve_stem(setting, path) == "conv" and checkpoint_stem(network.state_dict()) == "patch":
+        device = network.swinViT.patch_embed.proj.weight.device
+        use_conv_stem(network)
+        network.swinViT.patch_embed.proj.to(device)
+    return network
 
 
 def adapt_in_channels(
@@ -620,9 +708,9 @@ def load_pretrained(
     The report says which merging the network uses and why.
 
     The authors' official DAE checkpoint uses a convolutional stem: the network must have it too
-    (``monai_dae.networks.use_conv_stem``, or ``stem: "conv"`` in the bundle configs). With
-    ``switch_stem=True`` the stem of ``network`` is replaced in place instead, before the weights load (do it
-    before creating the optimizer).
+    (:py:func:`with_stem`, or ``stem: "conv"`` / ``"auto"`` in the bundle configs). With ``switch_stem=True``
+    the stem of ``network`` is replaced in place instead, before the weights load (do it before creating the
+    optimizer).
 
     Args:
         network: the target network (a ``SwinUNETR`` or a module holding its blocks under ``prefix``);
@@ -654,25 +742,22 @@ def load_pretrained(
     model = _unwrap(network)
 
     target = {k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
-    ckpt_conv_stem, net_conv_stem = _CONV_STEM_KEY in converted, _CONV_STEM_KEY in target
+    ckpt_conv_stem, net_conv_stem = checkpoint_stem(converted) == "conv", checkpoint_stem(target) == "conv"
     if ckpt_conv_stem and not net_conv_stem:
         if not switch_stem:
             raise RuntimeError(
                 f"checkpoint '{path}' (layout '{layout}') was pretrained with the DAE authors' convolutional stem "
                 "but the network has MONAI's patchify stem: set the bundle config key 'stem' to 'conv' "
-                "(--stem conv), call monai_dae.networks.use_conv_stem(network) before loading, or pass "
-                "switch_stem=True."
+                "(--stem conv) or 'auto', call monai_dae.weights.with_stem(network, 'conv') before loading, or "
+                "pass switch_stem=True."
             )
-        holder = model.get_submodule(prefix[:-1]) if prefix else model
-        device = next(holder.parameters()).device
-        use_conv_stem(holder)
-        holder.swinViT.patch_embed.proj.to(device)
+        with_stem(model.get_submodule(prefix[:-1]) if prefix else model, "conv")
         logger.info("switched the network to the DAE convolutional stem to load '%s'.", path)
         target = {k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
     elif net_conv_stem and not ckpt_conv_stem and _PATCH_STEM_KEY in converted:
         raise RuntimeError(
             f"checkpoint '{path}' (layout '{layout}') has MONAI's patchify stem but the network has the DAE "
-            "convolutional stem: set the bundle config key 'stem' to 'patch' (the default)."
+            "convolutional stem: set the bundle config key 'stem' to 'patch' (the default) or 'auto'."
         )
 
     report = LoadReport(path=str(path), layout=layout)

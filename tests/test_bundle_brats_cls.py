@@ -106,7 +106,7 @@ def trained(sample, pretrained_path, tmp_path_factory) -> dict:
         "overrides": overrides,
         "iterations": trainer.state.iteration,
         "val_metrics": dict(evaluator.state.metrics),
-        "report": workflow.parser.get_parsed_content("pretrained"),
+        "report": workflow.parser.get_parsed_content("load_pretrained"),
         "loss_weight": workflow.parser.get_parsed_content("loss").weight,
     }
     workflow.finalize()

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from ignite.engine import Engine
 
-from monai_dae.handlers.classification import HeadNormRecalibration, binary_roc_auc, classification_metrics
+from monai_dae.handlers.classification import HeadNormRecalibration, classification_metrics
 from monai_dae.networks import DAESwinUNETR, SwinClassifier
 from monai_dae.networks.classifier import FeatureBatchNorm
 from monai_dae.weights import load_pretrained
@@ -178,16 +178,20 @@ def test_metrics_match_sklearn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, size=40)
     scores = np.round(rng.random(40) * 0.5 + labels * 0.3, 1)  # ties included
-    assert binary_roc_auc(scores, labels == 1) == pytest.approx(roc_auc_score(labels, scores))
     probabilities = np.stack([1 - scores, scores], axis=1)
     metrics = classification_metrics(labels, probabilities)
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores))
     predicted = probabilities.argmax(1)
     assert metrics["accuracy"] == pytest.approx((predicted == labels).mean())
     recall = [((predicted == c) & (labels == c)).sum() / (labels == c).sum() for c in (0, 1)]
     assert metrics["balanced_accuracy"] == pytest.approx(np.mean(recall))
     assert np.array(metrics["confusion_matrix"]).sum() == 40
-    assert np.isnan(binary_roc_auc(np.ones(3), np.ones(3, dtype=bool)))
+    assert np.isnan(classification_metrics(np.ones(3, dtype=int), np.full((3, 2), 0.5))["auc"])  # one class only
     three = rng.dirichlet(np.ones(3), size=30)
     three_labels = rng.integers(0, 3, size=30)
     expected = roc_auc_score(three_labels, three, multi_class="ovr", average="macro")
     assert classification_metrics(three_labels, three)["auc"] == pytest.approx(expected)
+    # a class no subject has is left out of the macro mean
+    two_present = np.where(three_labels == 2, 0, three_labels)
+    expected = np.mean([roc_auc_score(two_present == c, three[:, c]) for c in (0, 1)])
+    assert classification_metrics(two_present, three)["auc"] == pytest.approx(expected)

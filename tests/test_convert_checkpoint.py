@@ -88,8 +88,8 @@ def bundle_network(target: str, architecture: dict, pretrained_path: str | None 
     if pretrained_path is not None:
         parser["pretrained_path"] = pretrained_path
     network = parser.get_parsed_content("network_def")
-    loader = next((k for k in ("load_pretrained", "pretrained") if k in parser.config), None)
-    report = parser.get_parsed_content(loader) if pretrained_path is not None and loader else None
+    loaded = pretrained_path is not None and "load_pretrained" in parser.config
+    report = parser.get_parsed_content("load_pretrained") if loaded else None
     return network, report
 
 

@@ -28,6 +28,7 @@ from monai.data import load_net_with_metadata
 from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
+from monai_dae.utils import bundle_dir, bundle_names
 
 from bundle_testing import BTCV_TINY, REPO, cli_overrides
 
@@ -221,6 +222,21 @@ def test_export_refuses_a_bundle_failing_the_zoo_checks(tmp_path, edit, message)
         export_bundle(str(bundle), output_dir=str(output_dir))
     assert str(bundle) in str(error.value)  # names the file
     assert not output_dir.exists() or not list(output_dir.iterdir())
+
+
+def test_bundle_dir_by_name_by_folder_and_the_configs_fallback(tmp_path, monkeypatch):
+    """One lookup for the configs' default bundle_root and the tools' bundle argument (the vendored case: below)."""
+    assert bundle_names() == list(BUNDLES)
+    checkout = str((REPO / "bundles" / "dae_btcv_seg").resolve())
+    assert bundle_dir("dae_btcv_seg") == checkout
+    assert bundle_dir("dae_btcv_seg", required="configs/inference.json") == checkout
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "bundles" / "dae_pretrain" / "configs", copy / "configs")
+    assert bundle_dir(str(copy), required="configs/train.json") == str(copy.resolve())
+    with pytest.raises(FileNotFoundError, match="bundle 'dae_mae' not found: .*'dae_brats_cls'"):
+        bundle_dir("dae_mae", required="configs/train.json")
+    monkeypatch.chdir(tmp_path)
+    assert bundle_dir("dae_mae") == os.getcwd()  # a config run from an unknown place: the current directory
 
 
 @pytest.mark.slow

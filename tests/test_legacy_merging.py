@@ -19,8 +19,8 @@ from monai.bundle import ConfigWorkflow
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMerging
 
-from monai_dae.networks import LegacyPatchMerging, use_conv_stem
-from monai_dae.weights import load_pretrained, merging_module, resolve_legacy_merging
+from monai_dae.networks import LegacyPatchMerging
+from monai_dae.weights import load_pretrained, merging_module, resolve_legacy_merging, with_stem
 
 from bundle_testing import BTCV_TINY, REPO
 
@@ -51,7 +51,7 @@ def write_published(fixture: dict, layout: str, path: Path) -> str:
 def network(fixture: dict, layout: str, downsample) -> SwinUNETR:
     """A 14-class SwinUNETR (the dae_btcv_seg head) with the layout's stem and the given merging."""
     net = SwinUNETR(in_channels=1, out_channels=14, feature_size=fixture["feature_size"], downsample=downsample)
-    return use_conv_stem(net) if fixture["layouts"][layout]["stem"] == "conv" else net
+    return with_stem(net, fixture["layouts"][layout]["stem"])
 
 
 def stage_differences(net: torch.nn.Module, fixture: dict, layout: str) -> list[float]:

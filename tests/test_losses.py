@@ -1,4 +1,7 @@
-"""Tests for the cross-modal contrastive loss, the total DAE loss and their DDP gathering (monai_dae.losses)."""
+"""
+Tests for the cross-modal contrastive loss, the total DAE loss and their DDP gathering (monai_dae.losses), and
+the plain list gather of the classification report (monai_dae.utils.all_gather_list) in the same two processes.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from monai_dae.losses import CrossModalContrastiveLoss, DAELoss, gather_with_grad
+from monai_dae.utils import all_gather_list
 
 C = 1.0 / math.sqrt(2.0)
 
@@ -266,9 +270,12 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         features, labels, inputs, head = _global_problem()
         local = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
 
-        # gather_with_grad: rank-ordered concatenation
+        # gather_with_grad: rank-ordered concatenation, of features and of integer labels (no autograd)
         local_features = features[local].clone().requires_grad_()
         gathered = gather_with_grad(local_features)
+        gathered_labels = gather_with_grad(labels[local])
+        # all_gather_list: Python rows, a different number on each rank (none on rank 1)
+        rows = all_gather_list([(f"subject{rank}_{i}", i, [0.5, 0.5]) for i in range(2 - 2 * rank)])
 
         # the loss on local features equals the single-process loss on the global batch
         loss = CrossModalContrastiveLoss()(local_features, labels[local])
@@ -282,6 +289,9 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(
             {
                 "gathered": gathered.detach(),
+                "gathered_labels": gathered_labels,
+                "labels_require_grad": gathered_labels.requires_grad,
+                "rows": rows,
                 "loss": loss.detach(),
                 "feature_grad": local_features.grad,
                 "ddp_loss": ddp_loss.detach(),
@@ -313,6 +323,22 @@ def test_ddp_gather_with_grad_concatenates_in_rank_order(ddp_results):
     features, _, _, _ = _global_problem()
     for result in ddp_results:
         assert torch.equal(result["gathered"], features)
+
+
+def test_ddp_gather_with_grad_gathers_integer_labels(ddp_results):
+    _, labels, _, _ = _global_problem()
+    for result in ddp_results:
+        assert torch.equal(result["gathered_labels"], labels) and not result["labels_require_grad"]
+
+
+def test_ddp_all_gather_list_concatenates_uneven_lists_in_rank_order(ddp_results):
+    for result in ddp_results:
+        assert result["rows"] == [("subject0_0", 0, [0.5, 0.5]), ("subject0_1", 1, [0.5, 0.5])]
+
+
+def test_all_gather_list_is_identity_without_distributed():
+    rows = [("a", 1, [0.2, 0.8])]
+    assert all_gather_list(rows) is rows
 
 
 def test_ddp_gathered_loss_equals_single_process_loss(ddp_results):

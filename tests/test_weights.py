@@ -19,10 +19,13 @@ from monai_dae.weights import (
     LAYOUTS,
     LoadReport,
     adapt_in_channels,
+    checkpoint_stem,
     convert_state_dict,
     detect_layout,
     load_pretrained,
     read_checkpoint,
+    resolve_stem,
+    with_stem,
 )
 
 FEATURE = 12
@@ -218,6 +221,27 @@ def test_patch_stem_checkpoint_into_conv_stem_network_fails(tmp_path):
     make_dae_bundle(path)
     with pytest.raises(RuntimeError, match="'stem' to 'patch'"):
         load_pretrained(use_conv_stem(_seg_net()), path)
+
+
+def test_one_decision_of_the_stem(tmp_path, caplog):
+    """checkpoint_stem reads it from any names, resolve_stem decides it, with_stem builds it."""
+    official, ssl = str(tmp_path / "ckpt_best.pth"), str(tmp_path / "ssl.pt")
+    make_dae_official(official), make_monai_ssl(ssl)
+    raw = read_checkpoint(official)
+    assert checkpoint_stem(raw) == checkpoint_stem(convert_state_dict(raw)) == "conv"
+    assert checkpoint_stem(read_checkpoint(ssl)) == checkpoint_stem(_seg_net().state_dict()) == "patch"
+    assert checkpoint_stem(use_conv_stem(_seg_net()).state_dict()) == "conv"
+    assert [resolve_stem("patch", official), resolve_stem("conv"), resolve_stem("auto")] == ["patch", "conv", "patch"]
+    assert resolve_stem("auto", str(tmp_path / "not_yet.pt")) == "patch"  # models/model.pt before training
+    with caplog.at_level(logging.INFO, logger="monai_dae.weights"):
+        assert resolve_stem("auto", official) == "conv" and resolve_stem("auto", ssl) == "patch"
+    assert f"convolutional stem (stem 'auto' follows '{official}')" in caplog.text
+    with pytest.raises(ValueError, match="'stem'.*'patch', 'conv', 'auto'"):
+        resolve_stem("vit")
+    net = with_stem(_seg_net(downsample=LegacyPatchMerging), "auto", official)
+    assert checkpoint_stem(net.state_dict()) == "conv" and with_stem(net, "conv") is net  # already has it
+    assert load_pretrained(net, official).num_missing == 2  # the new head only
+    assert checkpoint_stem(with_stem(_seg_net(), "auto", ssl).state_dict()) == "patch"
 
 
 def test_voco_needs_use_v2(tmp_path):

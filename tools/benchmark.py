@@ -56,8 +56,9 @@ from monai.networks.nets import SwinUNETR  # noqa: E402
 
 from monai_dae.engines import DAEPrepareBatch  # noqa: E402
 from monai_dae.losses import DAELoss  # noqa: E402
-from monai_dae.networks import DAESwinUNETR, use_conv_stem  # noqa: E402
+from monai_dae.networks import DAESwinUNETR  # noqa: E402
 from monai_dae.transforms import RandAdditiveGaussianNoise, RandDAEDisruption, RandLowResolution  # noqa: E402
+from monai_dae.weights import with_stem  # noqa: E402
 
 SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inference")
 MODALITIES = ("ct", "t1", "t1ce", "t2", "flair")
@@ -120,8 +121,7 @@ class AuthorsStyleNetwork(nn.Module):
                  stem: str = "patch") -> None:
         super().__init__()
         self.net = SwinUNETR(in_channels=1, out_channels=1, feature_size=feature_size, normalize=False)
-        if stem == "conv":
-            use_conv_stem(self.net)
+        with_stem(self.net, stem)
         self.mask_ratio = mask_ratio
         self.temp = temperature
         self.patch_size = (2, 2, 2)

@@ -8,8 +8,8 @@ VoCo SwinUNETR weights, or ``models/model.pt`` of ``dae_pretrain``. The target n
 target bundle's training configs (``network_def`` of ``configs/train.json``, or of the base config and the DAE
 overlay of ``dae_pretrain``) with the feature size, stem and SwinUNETR version
 the checkpoint was trained with (read from its tensors, or given), and the weights are loaded by the
-bundle's own ``pretrained_path`` item (``monai_dae.weights.load_pretrained``; ``torch.load(weights_only=True)``,
-so a file holding pickled code is refused). A bundle without a ``pretrained_path`` item (``dae_pretrain``)
+bundle's own ``load_pretrained`` item (``monai_dae.weights.load_pretrained``; ``torch.load(weights_only=True)``,
+so a file holding pickled code is refused). A bundle without a ``load_pretrained`` item (``dae_pretrain``)
 gets every tensor its network can take, the output head included when its shape matches.
 
 The network gets the patch merging the checkpoint was trained with (``monai_dae.weights.resolve_legacy_merging``:
@@ -49,15 +49,13 @@ from typing import Any
 import fire
 import torch
 
-from bundle_paths import REPO_ROOT, resolve_bundle
-
 # allow running as a script from a checkout without installing the package
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
 from monai_dae.networks import is_merging_record  # noqa: E402
-from monai_dae.utils import save_atomically, training_config_files  # noqa: E402
+from monai_dae.utils import bundle_dir, save_atomically, training_config_files  # noqa: E402
 from monai_dae.weights import (  # noqa: E402
     LoadReport,
     convert_state_dict,
@@ -66,12 +64,16 @@ from monai_dae.weights import (  # noqa: E402
     load_pretrained,
     read_checkpoint,
     resolve_legacy_merging,
+    resolve_stem,
 )
 
 __all__ = ["ARCHITECTURE_KEYS", "convert_checkpoint", "zip_member"]
 
 ARCHITECTURE_KEYS = ("feature_size", "stem", "use_v2")
 """Config keys set from the checkpoint: a top-level key of the bundle when it has one, else ``network_def#key``."""
+
+LOADER_ID = "load_pretrained"
+"""The config item of the fine-tuning bundles that loads ``@pretrained_path`` (``dae_pretrain`` has none)."""
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _CONFIG_WRAPPERS = ("Failed to evaluate", "Failed to instantiate")
@@ -135,18 +137,6 @@ def _is_archive(path: str) -> bool:
         return not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in archive.namelist())
 
 
-def _loader_id(parser: ConfigParser) -> str | None:
-    """The top-level config item that loads ``@pretrained_path`` with ``load_pretrained``, if the bundle has one."""
-    ids = [
-        key
-        for key, value in parser.config.items()
-        if isinstance(value, str) and "load_pretrained(" in value and "@pretrained_path" in value
-    ]
-    if len(ids) > 1:
-        raise ValueError(f"the bundle config has several pretrained-weight loaders {ids}; expected one.")
-    return ids[0] if ids else None
-
-
 def _parsed(parser: ConfigParser, config_id: str, config_file: str) -> Any:
     """
     ``parser.get_parsed_content(config_id)``, re-raising the error of the code the config calls (the weight
@@ -199,7 +189,7 @@ def convert_checkpoint(
             key, else ``<bundle>/models/pretrained.pt``.
         member: checkpoint name inside a zip archive (default: its only ``ckpt_best.pth``).
         feature_size: network feature size; None reads it from the checkpoint.
-        stem: "conv" or "patch"; None uses the checkpoint's stem.
+        stem: "conv", "patch" or "auto" (see ``monai_dae.weights.resolve_stem``); None: the checkpoint's stem.
         use_v2: SwinUNETR v2 blocks; None uses what the checkpoint has.
         legacy_merging: the patch merging of MONAI < 1.5 (``LegacyPatchMerging``): True, False or "auto" (what
             the checkpoint was trained with, see ``monai_dae.weights.resolve_legacy_merging``); sets the target
@@ -218,10 +208,10 @@ def convert_checkpoint(
         FileNotFoundError, RuntimeError, ValueError: unreadable checkpoint (pickled code included), unknown
             layout, or weights that do not fit the target network; nothing is written then.
     """
-    bundle_root = str(resolve_bundle(target))
+    bundle_root = bundle_dir(target, required="configs/metadata.json")
     parser = ConfigParser()
     parser.read_config(training_config_files(bundle_root))
-    loader_id = _loader_id(parser)
+    loader_id = LOADER_ID if LOADER_ID in parser.config else None
     if output is None:
         output = os.path.join(bundle_root, "models", "pretrained.pt" if loader_id else "model.pt")
     if os.path.exists(output) and not overwrite:
@@ -235,8 +225,10 @@ def convert_checkpoint(
             raise ValueError(f"checkpoint '{checkpoint}': {error}") from error
         architecture = infer_architecture(convert_state_dict(raw, layout))
         del raw
-        given = {"feature_size": feature_size, "stem": stem, "use_v2": use_v2}
+        given = {"feature_size": feature_size, "use_v2": use_v2}
         architecture.update({k: v for k, v in given.items() if v is not None})
+        if stem is not None:
+            architecture["stem"] = resolve_stem(stem, path)
         legacy = resolve_legacy_merging(legacy_merging, path)
         print(
             f"checkpoint '{checkpoint}': layout '{layout}', "

@@ -31,13 +31,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
 import fire
 
-from bundle_paths import REPO_ROOT, bundle_names, resolve_bundle
-from monai_dae.utils import PRETRAIN_BASE_CONFIG, pretext_methods, training_config_files
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout without installing the package
+
+from monai_dae.utils import PRETRAIN_BASE_CONFIG, bundle_dir, bundle_names, pretext_methods, training_config_files  # noqa: E402
 
 PACKAGE = REPO_ROOT / "monai_dae"
 SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
@@ -191,13 +194,13 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae") ->
         FileNotFoundError: when the bundle does not exist.
         ValueError: when a check fails (see ``check_bundle``); nothing is written then.
     """
-    bundle_dir = resolve_bundle(bundle)
-    name = bundle_dir.name
-    version = check_bundle(bundle_dir)["version"]
-    contents: dict[str, bytes] = {arcname: source.read_bytes() for arcname, source in bundle_entries(bundle_dir).items()}
-    if (bundle_dir / "configs" / PRETRAIN_BASE_CONFIG).is_file():
-        train = merged_training_config(bundle_dir, method)
-        for overlay in [PRETRAIN_BASE_CONFIG] + [f"{m}.json" for m in pretext_methods(str(bundle_dir))]:
+    root = Path(bundle_dir(bundle, required="configs/metadata.json"))
+    name = root.name
+    version = check_bundle(root)["version"]
+    contents: dict[str, bytes] = {arcname: source.read_bytes() for arcname, source in bundle_entries(root).items()}
+    if (root / "configs" / PRETRAIN_BASE_CONFIG).is_file():
+        train = merged_training_config(root, method)
+        for overlay in [PRETRAIN_BASE_CONFIG] + [f"{m}.json" for m in pretext_methods(str(root))]:
             contents.pop(f"configs/{overlay}")
         contents = dict(sorted({**contents, "configs/train.json": train}.items()))
 

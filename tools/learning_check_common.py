@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bundle_paths import resolve_bundle
+from monai_dae.utils import bundle_dir
 
 
 def bundle_configs(name: str) -> Path:
@@ -23,7 +23,7 @@ def bundle_configs(name: str) -> Path:
     Returns:
         ``<repo>/bundles/<name>/configs``.
     """
-    return resolve_bundle(name) / "configs"
+    return Path(bundle_dir(name, required="configs/metadata.json")) / "configs"
 
 
 def run_workflow(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,10 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
-from bundle_paths import REPO_ROOT, resolve_bundle
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout without installing the package
+
+from monai_dae.utils import bundle_dir  # noqa: E402
 
 VENV = REPO_ROOT / ".venv-monailabel"
 REQUIREMENTS = REPO_ROOT / "tools" / "monailabel_requirements.txt"
@@ -188,7 +192,7 @@ def setup_app(
     if not (Path(venv) / INSTALLED_MARKER).is_file():
         raise FileNotFoundError(f"MONAI Label environment '{venv}' is not installed: run "
                                 f"'python tools/monailabel_serve.py install --venv {venv}' first.")
-    bundle_path = resolve_bundle(bundle, required="configs/inference.json")
+    bundle_path = Path(bundle_dir(bundle, required="configs/inference.json"))
     model_file = Path(model) if model else bundle_path / "models" / "model.pt"
     if not model_file.is_file():
         raise FileNotFoundError(f"Model weights '{model_file}' not found: train the bundle or pass --model.")

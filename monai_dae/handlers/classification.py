@@ -13,45 +13,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
+from monai.metrics import compute_roc_auc
 
-__all__ = ["binary_roc_auc", "classification_metrics", "ClassificationReport", "HeadNormRecalibration"]
+from monai_dae.utils import all_gather_list, distributed_rank, distributed_world_size
+
+__all__ = ["classification_metrics", "ClassificationReport", "HeadNormRecalibration"]
 
 logger = logging.getLogger(__name__)
-
-
-def binary_roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-    """
-    ROC AUC as the Mann-Whitney statistic: the probability that a random positive scores higher than a random
-    negative, ties counting one half.
-
-    Args:
-        scores: scores (N,).
-        positives: booleans (N,).
-
-    Returns:
-        the AUC, or NaN when one of the two groups is empty.
-    """
-    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
-    num_pos, num_neg = int(positives.sum()), int((~positives).sum())
-    if num_pos == 0 or num_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    start = 0
-    while start < len(scores):  # average ranks over ties
-        stop = start
-        while stop + 1 < len(scores) and sorted_scores[stop + 1] == sorted_scores[start]:
-            stop += 1
-        ranks[order[start : stop + 1]] = (start + stop) / 2.0 + 1.0
-        start = stop + 1
-    return float((ranks[positives].sum() - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
 
 
 def classification_metrics(labels: Sequence[int], probabilities: np.ndarray) -> dict[str, Any]:
     """
     Accuracy, balanced accuracy (mean per-class recall), ROC AUC (binary: of class 1; more classes: macro
-    one-vs-rest mean over the classes present) and the confusion matrix.
+    one-vs-rest mean over the classes present) and the confusion matrix. The AUC is MONAI's
+    (``monai.metrics.compute_roc_auc``, the ``ROCAUC`` metric of the bundle's validation; ties count one half).
 
     Args:
         labels: true class indices (N,).
@@ -81,11 +56,17 @@ def classification_metrics(labels: Sequence[int], probabilities: np.ndarray) -> 
     np.add.at(confusion, (labels, predicted), 1)
     support = confusion.sum(axis=1)
     recall = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    if num_classes == 2:
-        auc = binary_roc_auc(probabilities[:, 1], labels == 1)
-    else:
-        per_class = [binary_roc_auc(probabilities[:, c], labels == c) for c in range(num_classes)]
-        auc = float(np.nanmean(per_class)) if not np.isnan(per_class).all() else float("nan")
+    # one-vs-rest AUC of class 1 (two classes) or of every class; a class that no subject has, or every subject
+    # has, has no AUC (NaN, left out of the mean)
+    scored = [1] if num_classes == 2 else range(num_classes)
+    positives = (labels[:, None] == np.arange(num_classes)).astype(np.float64)
+    per_class = [
+        float(compute_roc_auc(torch.from_numpy(probabilities[:, c]), torch.from_numpy(positives[:, c])))
+        if 0 < positives[:, c].sum() < len(labels)
+        else float("nan")
+        for c in scored
+    ]
+    auc = float(np.nanmean(per_class)) if not np.isnan(per_class).all() else float("nan")
     return {
         "num_subjects": int(len(labels)),
         "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
@@ -94,16 +75,6 @@ def classification_metrics(labels: Sequence[int], probabilities: np.ndarray) -> 
         "recall": [float(r) for r in recall],
         "confusion_matrix": confusion.tolist(),
     }
-
-
-def _gather(items: list) -> list:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]
 
 
 class ClassificationReport:
@@ -185,14 +156,12 @@ class ClassificationReport:
             self.rows.append((str(subject), int(label), row))
 
     def write(self, engine: Engine | None = None) -> None:
-        rows = _gather(self.rows)
+        rows = all_gather_list(self.rows)
         unique: dict[str, tuple[str, int, list[float]]] = {}
         for row in rows:
             unique.setdefault(row[0], row)
         rows = list(unique.values())
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        if distributed_rank() > 0:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"{self.prefix}predictions.csv")
@@ -306,7 +275,7 @@ class HeadNormRecalibration:
                 totals[1] += features.sum(0)
                 totals[2] += features.square().sum(0)
         model.train(was_training)
-        if dist.is_available() and dist.is_initialized():
+        if distributed_world_size() > 1:
             dist.all_reduce(totals)
         count = int(totals[0, 0])
         if count < 2:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from monai_dae.losses.pretext import PretextLoss
+from monai_dae.utils import distributed_world_size
 
 __all__ = ["CrossModalContrastiveLoss", "DAELoss", "gather_with_grad"]
 
@@ -34,6 +35,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     Concatenate ``tensor`` from all ranks along dim 0 (rank order); gradients flow back to every rank's input.
     Identity when torch.distributed is not initialised or has one rank. Every rank must pass the same shape.
+    A tensor without gradients (integer labels) is gathered the same way, with nothing recorded for autograd.
 
     Args:
         tensor: local tensor (N, ...).
@@ -41,17 +43,9 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     Returns:
         the gathered tensor (world_size * N, ...).
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if distributed_world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
-
-
-def _gather_labels(labels: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return labels
-    gathered = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, labels.contiguous())
-    return torch.cat(gathered)
 
 
 class CrossModalContrastiveLoss(_Loss):
@@ -103,7 +97,7 @@ class CrossModalContrastiveLoss(_Loss):
             )
         labels = modality_labels.reshape(-1).to(features.device)
         if self.gather_distributed:
-            features, labels = gather_with_grad(features), _gather_labels(labels)
+            features, labels = gather_with_grad(features), gather_with_grad(labels)
         with torch.autocast(device_type=features.device.type, enabled=False):
             z = features.float()
             # rescale each row by its largest magnitude first (the direction is unchanged, and so is the
