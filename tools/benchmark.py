@@ -19,9 +19,9 @@ All ratios are against references measured in the same run; one table is printed
 
 Examples::
 
-    python tools/benchmark.py --quick
-    python tools/benchmark.py --only disruption,train_step --output_json bench.json
-    python tools/benchmark.py --device cuda --configs baseline,ours_fp32,ours_best
+    python -m tools.benchmark --quick
+    python -m tools.benchmark --only disruption,train_step --output_json bench.json
+    python -m tools.benchmark --device cuda --configs baseline,ours_fp32,ours_best
 """
 
 from __future__ import annotations
@@ -42,22 +42,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fire
+import monai
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.nets import SwinUNETR
 
-# allow running as a script from a checkout without installing the package
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-import monai  # noqa: E402
-from monai.networks.nets import SwinUNETR  # noqa: E402
-
-from monai_dae.engines import DAEPrepareBatch  # noqa: E402
-from monai_dae.losses import DAELoss  # noqa: E402
-from monai_dae.networks import DAESwinUNETR, use_conv_stem  # noqa: E402
-from monai_dae.transforms import RandAdditiveGaussianNoise, RandDAEDisruption, RandLowResolution  # noqa: E402
+from monai_dae.engines import DAEPrepareBatch
+from monai_dae.losses import DAELoss
+from monai_dae.networks import DAESwinUNETR, use_conv_stem
+from monai_dae.transforms import RandAdditiveGaussianNoise, RandDAEDisruption, RandLowResolution
+from tools.bundle_paths import BUNDLES_DIR
 
 SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inference")
 MODALITIES = ("ct", "t1", "t1ce", "t2", "flair")
@@ -815,7 +811,7 @@ def _bundle_loader(dataset_dir: str, s: Settings, device: torch.device, num_work
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(os.path.join(REPO_ROOT, "bundles", "dae_pretrain", "configs", "train.json"))
+    parser.read_config(str(BUNDLES_DIR / "dae_pretrain" / "configs" / "train.json"))
     parser["dataset_dir"] = dataset_dir
     parser["roi_size"] = [s.roi] * 3
     parser["batch_size"] = s.batch_size

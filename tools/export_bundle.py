@@ -16,8 +16,8 @@ entries, fixed timestamps), so its sha256 only changes when the content does.
 
 Example::
 
-    python tools/export_bundle.py dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.0.zip
-    python tools/export_bundle.py --output_dir dist                # every bundle of bundles/
+    python -m tools.export_bundle dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.0.zip
+    python -m tools.export_bundle --output_dir dist                # every bundle of bundles/
     # then, anywhere MONAI is installed:
     python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.2.0.zip \
         --bundle_dir ./bundles_installed
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import fire
 
-from bundle_paths import REPO_ROOT, bundle_names, resolve_bundle
+from tools.bundle_paths import REPO_ROOT, bundle_names, resolve_bundle
 
 PACKAGE = REPO_ROOT / "monai_dae"
 SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
@@ -207,7 +207,7 @@ def export_bundles(*bundles: str, output_dir: str = "dist") -> list[str]:
 
 
 def main() -> None:
-    """Command-line entry point (``python tools/export_bundle.py --help``)."""
+    """Command-line entry point (``python -m tools.export_bundle --help``)."""
     fire.Fire(export_bundles, serialize=lambda paths: None)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bundle_paths import resolve_bundle
+from tools.bundle_paths import resolve_bundle
 
 
 def bundle_configs(name: str) -> Path:
