@@ -33,13 +33,13 @@ test-extended: install
 monailabel-env: $(MONAILABEL_VENV)/.installed
 
 $(MONAILABEL_VENV)/.installed: tools/monailabel_requirements.txt | install
-	$(PY) tools/monailabel_serve.py install --venv $(MONAILABEL_VENV)
+	$(PY) -m tools.monailabel_serve install --venv $(MONAILABEL_VENV)
 
 test-monailabel: install monailabel-env
 	MONAILABEL_VENV=$(MONAILABEL_VENV) $(PY) -m pytest -q -m monailabel tests/test_monailabel.py
 
 sample-data: install
-	$(PY) tools/sample_data.py --output_dir $(SAMPLE_DIR)
+	$(PY) -m tools.sample_data --output_dir $(SAMPLE_DIR)
 
 demo: sample-data
 	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \

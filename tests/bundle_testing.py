@@ -1,12 +1,14 @@
 """
-What the bundle tests share: the repository root, the pretraining configs, the command-line form of bundle overrides, the environment
-of a ``python -m monai.bundle`` subprocess, the tiny ``dae_btcv_seg`` settings, and the probe that a resumed
-training uses to see where it started and which best score it brought back.
+What the bundle and tool tests share: the repository root, the pretraining configs, the command-line form of bundle overrides, the
+environment of a ``python -m monai.bundle`` subprocess, the command line and environment of a
+``python -m tools.<name>`` one, the tiny ``dae_btcv_seg`` settings, and the probe that a resumed training uses
+to see where it started and which best score it brought back.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ignite.engine import Events
@@ -56,7 +58,33 @@ def cli_env() -> dict[str, str]:
     Returns:
         the environment of a bundle subprocess: this checkout importable, one OpenMP thread per process.
     """
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return tool_env(OMP_NUM_THREADS="1")
+
+
+def tool_env(**variables: str) -> dict[str, str]:
+    """
+    The environment of a subprocess that runs a tool or a bundle: this checkout on ``PYTHONPATH``, so that
+    ``python -m tools.<name>`` and ``monai_dae`` come from the checkout under test, whatever the working folder.
+
+    Args:
+        variables: further environment variables.
+
+    Returns:
+        the environment.
+    """
+    return {**os.environ, "PYTHONPATH": str(REPO), **variables}
+
+
+def tool_command(name: str, *args: str) -> list[str]:
+    """
+    Args:
+        name: a module of ``tools/`` (``sample_data``, ``check_data``, ...).
+        args: its command-line arguments.
+
+    Returns:
+        ``python -m tools.<name> args`` with this interpreter (run it with :py:func:`tool_env`).
+    """
+    return [sys.executable, "-m", f"tools.{name}", *args]
 
 
 def record_epoch_starts(workflow: ConfigWorkflow) -> tuple[list[int], list[dict]]:

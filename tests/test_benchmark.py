@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bundle_testing import REPO, tool_command, tool_env
+
 SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inference")
 ROW_KEYS = {"section", "name", "value", "unit", "ratio", "reference", "note"}
 
@@ -19,8 +18,9 @@ ROW_KEYS = {"section", "name", "value", "unit", "ratio", "reference", "note"}
 def test_benchmark_quick(tmp_path):
     output = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), "--quick", "--output_json", str(output)],
-        cwd=REPO_ROOT,
+        tool_command("benchmark", "--quick", "--output_json", str(output)),
+        cwd=REPO,
+        env=tool_env(),
         capture_output=True,
         text=True,
         timeout=1800,

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -26,10 +25,9 @@ from monai_dae.data.brats import (
     validate_subjects,
 )
 from monai_dae.data.phantoms import BRATS_MODALITIES, write_sample_dataset
+from tools.brats_datalist import build as build_tool
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-from brats_datalist import build as build_tool  # noqa: E402
+from bundle_testing import tool_command, tool_env
 
 NUM_SUBJECTS = 10
 
@@ -116,8 +114,8 @@ def test_tool_writes_datalist_and_loader_splits_folds(sample, tmp_path):
 def test_tool_cli(sample, tmp_path):
     output = tmp_path / "cli.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "brats_datalist.py"), "--data_dir", sample, "--output", str(output),
-         "--num_folds", "2"],
+        tool_command("brats_datalist", "--data_dir", sample, "--output", str(output), "--num_folds", "2"),
+        env=tool_env(),
         capture_output=True,
         text=True,
         check=False,

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from monai_dae.data.phantoms import write_sample_dataset
-
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "btcv_datalist.py")
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("btcv_datalist", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from tools.btcv_datalist import build
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +39,8 @@ def _break(folder: str) -> None:
 
 
 def test_folds_from_existing_dataset_json(btcv_dir, tmp_path):
-    tool = _load_tool()
     folder = _copy(btcv_dir, tmp_path)
-    written = tool.build(folder, num_folds=5)
+    written = build(folder, num_folds=5)
     assert [os.path.basename(p) for p in written] == [f"datalist_fold{k}.json" for k in range(5)]
     validation_images = []
     for fold, path in enumerate(written):
@@ -68,15 +56,14 @@ def test_folds_from_existing_dataset_json(btcv_dir, tmp_path):
         validation_images += sorted(val)
     assert len(validation_images) == len(set(validation_images)) == 7  # every case validated exactly once
     # the same seed gives the same folds
-    assert tool.build(folder, num_folds=5) == written
+    assert build(folder, num_folds=5) == written
 
 
 def test_broken_cases_are_reported_and_left_out(btcv_dir, tmp_path, capsys):
-    tool = _load_tool()
     folder = _copy(btcv_dir, tmp_path)
     os.remove(os.path.join(folder, "dataset_0.json"))  # pair by file number
     _break(folder)
-    written = tool.build(folder, num_folds=2)
+    written = build(folder, num_folds=2)
     err = capsys.readouterr().err
     assert "labelsTr/label0002.nii.gz: label shape (24, 24, 10) does not match image shape (24, 24, 12)" in err
     assert "labelsTr/label0005.nii.gz: label affine does not match" in err
@@ -87,12 +74,11 @@ def test_broken_cases_are_reported_and_left_out(btcv_dir, tmp_path, capsys):
     assert used == {f"imagesTr/img000{i}.nii.gz" for i in (1, 3, 4, 6)}
 
     with pytest.raises(SystemExit):
-        tool.build(folder, output_dir=str(tmp_path / "strict"), num_folds=2, strict=True)
+        build(folder, output_dir=str(tmp_path / "strict"), num_folds=2, strict=True)
     assert not os.path.exists(tmp_path / "strict")
 
 
 def test_bad_label_values_and_missing_files(btcv_dir, tmp_path, capsys):
-    tool = _load_tool()
     folder = _copy(btcv_dir, tmp_path)
     label = nib.load(os.path.join(folder, "labelsTr", "label0003.nii.gz"))
     data = np.asarray(label.dataobj).copy()
@@ -101,7 +87,7 @@ def test_bad_label_values_and_missing_files(btcv_dir, tmp_path, capsys):
     os.remove(os.path.join(folder, "imagesTr", "img0004.nii.gz"))
     with open(os.path.join(folder, "labelsTr", "label0006.nii.gz"), "wb") as f:
         f.write(b"broken")
-    tool.build(folder, output_dir=str(tmp_path / "lists"), num_folds=2)
+    build(folder, output_dir=str(tmp_path / "lists"), num_folds=2)
     err = capsys.readouterr().err
     assert "labelsTr/label0003.nii.gz: label values [20] outside the BTCV labels 0..13" in err
     assert "imagesTr/img0004.nii.gz: image file not found" in err

@@ -25,11 +25,9 @@ from onnx.reference import ReferenceEvaluator
 from monai_dae.data.brats import SubjectError
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.networks import DAESwinUNETR, SwinClassifier
+from tools.brats_datalist import build as build_datalist
 
 from bundle_testing import REPO, cli_env, cli_overrides, record_epoch_starts
-
-sys.path.insert(0, str(REPO / "tools"))
-from brats_datalist import build as build_datalist  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "dae_brats_cls" / "configs"
 TRAIN = str(CONFIGS / "train.json")

@@ -11,9 +11,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,12 +28,10 @@ from monai_dae.weights import (
     read_checkpoint,
     resolve_legacy_merging,
 )
+from tools.convert_checkpoint import convert_checkpoint
+
+from bundle_testing import REPO, tool_command, tool_env
 from test_weights import FEATURE, MAKERS
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-from convert_checkpoint import convert_checkpoint  # noqa: E402
 
 # (layout, target) -> (loaded, skipped, newly initialised) tensor counts, feature size 12
 COUNTS = {
@@ -288,10 +284,9 @@ def test_infer_architecture(checkpoints):
 
 def test_command_line(checkpoints, tmp_path):
     output = tmp_path / "pretrained.pt"
-    command = [sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "--checkpoint", checkpoints["voco"][0],
-               "--target", "dae_btcv_seg", "--output", str(output)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    command = tool_command("convert_checkpoint", "--checkpoint", checkpoints["voco"][0], "--target", "dae_btcv_seg",
+                           "--output", str(output))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=tool_env(OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr
     assert "layout 'voco', feature_size 12, stem patch, use_v2 True, legacy patch merging" in result.stdout
     assert "loaded 145 tensors, skipped 0, newly initialised 22" in result.stdout

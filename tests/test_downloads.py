@@ -25,12 +25,10 @@ import torch
 import yaml
 from monai.bundle import ConfigParser
 
+from tools.convert_checkpoint import convert_checkpoint
+
+from bundle_testing import REPO
 from test_weights import make_dae_official
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-from convert_checkpoint import convert_checkpoint  # noqa: E402
 
 BUNDLES = ("dae_pretrain", "dae_btcv_seg", "dae_brats_cls")
 AUTHORS_URL = (

@@ -29,11 +29,9 @@ from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.utils import bundle_dir, bundle_names
+from tools.export_bundle import SCHEMA, SCHEMA_MD5, bundle_entries, export_bundle
 
-from bundle_testing import BTCV_TINY, REPO, cli_overrides
-
-sys.path.insert(0, str(REPO / "tools"))
-from export_bundle import SCHEMA, SCHEMA_MD5, bundle_entries, export_bundle  # noqa: E402
+from bundle_testing import BTCV_TINY, REPO, cli_overrides, tool_command, tool_env
 
 BUNDLES = ("dae_brats_cls", "dae_btcv_seg", "dae_pretrain")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".ts", ".onnx")
@@ -170,11 +168,11 @@ def test_command_line_export_is_reproducible(exported, tmp_path):
     """The real fire CLI writes the same bytes as the first export and prints the zip's sha256."""
     first = exported("dae_pretrain")
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "export_bundle.py"), "dae_pretrain", "--output_dir", str(tmp_path)],
+        tool_command("export_bundle", "dae_pretrain", "--output_dir", str(tmp_path)),
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=tool_env(OMP_NUM_THREADS="1"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     second = tmp_path / first.name

@@ -26,12 +26,10 @@ from monai_dae.data import DataCheckError, check_bundle_data, check_entries, che
 from monai_dae.data.brats import SubjectError, load_classification_datalist
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.transforms import LoadImageNamed
+from tools.brats_datalist import build as build_brats_datalist
+from tools.check_data import check as check_data_tool
 
-from bundle_testing import BTCV_TINY, DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg
-
-sys.path.insert(0, str(REPO / "tools"))
-from brats_datalist import build as build_brats_datalist  # noqa: E402
-from check_data import check as check_data_tool  # noqa: E402
+from bundle_testing import BTCV_TINY, DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg, tool_command
 
 BUNDLES = REPO / "bundles"
 PRETRAIN = config_arg(*DAE_TRAIN)
@@ -421,7 +419,7 @@ def test_check_data_tool(sample, tmp_path, capsys):
     assert "PROBLEM training entry 0 (" in err and "truncated_img0001.nii.gz': unreadable" in err
     assert "label_20_label0002.nii.gz': label values [20] outside the classes 0..13" in err
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "check_data.py"), "--datalist", datalist, "--dataset_dir", sample["btcv_dir"]],
+        tool_command("check_data", "--datalist", datalist, "--dataset_dir", sample["btcv_dir"]),
         env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1 and "2 problem(s)" in result.stdout

@@ -34,12 +34,10 @@ from monai_dae.utils import (
     resumable_checkpoint,
     save_atomically,
 )
+from tools.export_bundle import bundle_entries
+from tools.install_bundle import install_bundle
 
-from bundle_testing import DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg
-
-sys.path.insert(0, str(REPO / "tools"))
-from export_bundle import bundle_entries  # noqa: E402
-from install_bundle import install_bundle  # noqa: E402
+from bundle_testing import DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg, tool_command
 
 CONFIGS = REPO / "bundles" / "dae_pretrain" / "configs"
 TRAIN = DAE_TRAIN
@@ -374,17 +372,15 @@ def test_cli_export_and_install_refuse_links_and_path_traversal(tmp_path):
     shutil.copytree(REPO / "bundles" / "dae_pretrain", bundle, ignore=shutil.ignore_patterns("models", "runs", "eval"))
     (tmp_path / "secret.txt").write_text("x")
     (bundle / "docs" / "leak.txt").symlink_to(tmp_path / "secret.txt")
-    export = subprocess.run([sys.executable, str(REPO / "tools" / "export_bundle.py"), str(bundle),
-                             "--output_dir", str(tmp_path / "dist")], cwd=REPO, env=cli_env(), capture_output=True,
-                            text=True, timeout=600)
+    export = subprocess.run(tool_command("export_bundle", str(bundle), "--output_dir", str(tmp_path / "dist")),
+                            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert export.returncode != 0 and str(bundle / "docs" / "leak.txt") in export.stdout + export.stderr
     assert not list(tmp_path.rglob("*.zip"))
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("bundle/configs/train.json", "{}")
         z.writestr("../escape.txt", "x")
-    install = subprocess.run([sys.executable, str(REPO / "tools" / "install_bundle.py"), str(archive),
-                              str(tmp_path / "installed")], cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                             timeout=600)
+    install = subprocess.run(tool_command("install_bundle", str(archive), str(tmp_path / "installed")),
+                             cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert install.returncode != 0 and "../escape.txt" in install.stdout + install.stderr
     assert not (tmp_path / "installed").exists() and not (tmp_path / "escape.txt").exists()

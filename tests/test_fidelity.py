@@ -7,7 +7,6 @@ Everything goes through the bundles' own configs (``monai.bundle`` ``ConfigParse
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -21,11 +20,9 @@ from monai_dae.data.sampling import ModalityMixingSampler, SeededCacheDataset, d
 from monai_dae.handlers import GradientClipHandler
 from monai_dae.transforms import RandDAEDisruption, simulate_low_resolution
 from monai_dae.utils import training_config_files
+from tools.brats_datalist import build as build_brats_datalist
 
 from bundle_testing import BTCV_TINY, REPO
-
-sys.path.insert(0, str(REPO / "tools"))
-from brats_datalist import build as build_brats_datalist  # noqa: E402
 
 BUNDLES = REPO / "bundles"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +22,9 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_dae.data.phantoms import BTCV_ORGANS, make_ct_phantom
+from tools.monailabel_serve import BUNDLE, INSTALLED_MARKER, setup_app
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-from monailabel_serve import BUNDLE, INSTALLED_MARKER, setup_app  # noqa: E402
+from bundle_testing import REPO, tool_command
 
 VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
 INFERENCE = REPO / "bundles" / BUNDLE / "configs" / "inference.json"
@@ -138,14 +135,16 @@ def test_server_segments_an_uploaded_ct(tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    command = [
-        sys.executable, str(REPO / "tools" / "monailabel_serve.py"), "serve",
+    command = tool_command(
+        "monailabel_serve", "serve",
         "--app_dir", str(tmp_path / "app"), "--studies", str(tmp_path / "studies"), "--port", str(port),
         "--venv", str(VENV),
-    ]  # fmt: skip
+    )  # fmt: skip
     started = time.monotonic()
     with open(log, "w") as log_file:
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        # from the checkout's root (python -m puts it on sys.path), not with tool_env(): the server that the
+        # tool starts inherits the environment, and a PYTHONPATH would reach the MONAI Label environment
+        server = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         info = _wait_until_up(server, url, log)
         start_seconds = time.monotonic() - started

@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -20,7 +19,8 @@ from monai_dae.data.phantoms import (
     write_sample_dataset,
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bundle_testing import tool_command, tool_env
+
 CT_SHAPE = (64, 64, 32)
 BRAIN_SHAPE = (48, 48, 40)
 VALID_MODALITIES = {"ct", *BRATS_MODALITIES}
@@ -257,9 +257,8 @@ def test_write_sample_dataset_determinism(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO_ROOT, "tools", "sample_data.py"),
+        tool_command(
+            "sample_data",
             "--output_dir",
             str(out),
             "--num_ct",
@@ -272,11 +271,12 @@ def test_cli(tmp_path):
             "[48,48,48]",
             "--num_validation",
             "1",
-        ],
+        ),
         capture_output=True,
         text=True,
         check=True,
         cwd=str(tmp_path),
+        env=tool_env(),
     )
     assert str(out / "datalist_pretrain.json") in result.stdout
     assert str(out / "btcv" / "dataset_0.json") in result.stdout

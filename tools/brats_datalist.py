@@ -3,12 +3,12 @@ Build the classification data list (subjects, classes, 5 stratified folds) of th
 
 From the BraTS 2018 layout (``MICCAI_BraTS_2018_Data_Training/{HGG,LGG}/<case>/<case>_{t1,t1ce,t2,flair}.nii.gz``)::
 
-    python tools/brats_datalist.py --data_dir /data/MICCAI_BraTS_2018_Data_Training
+    python -m tools.brats_datalist --data_dir /data/MICCAI_BraTS_2018_Data_Training
     # writes /data/MICCAI_BraTS_2018_Data_Training/datalist_cls.json, paths relative to --data_dir
 
 From a CSV of ``subject,class,t1,t1ce,t2,flair`` (paths absolute or relative to the CSV's folder)::
 
-    python tools/brats_datalist.py --csv subjects.csv --output datalist_cls.json \
+    python -m tools.brats_datalist --csv subjects.csv --output datalist_cls.json \
         --class_names "['AD','CN']" --modalities "['t1','t2']"
 
 Unlabelled subjects for inference (``<case>/<case>_<modality>.nii.gz``, e.g. the BraTS validation release) go to
@@ -26,10 +26,7 @@ from collections.abc import Sequence
 
 import fire
 
-# allow running as a script from a checkout without installing the package
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from monai_dae.data.brats import (  # noqa: E402
+from monai_dae.data.brats import (
     BRATS_CLASS_NAMES,
     BRATS_MODALITIES,
     SubjectError,

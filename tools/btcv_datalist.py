@@ -11,7 +11,7 @@ relative to the data set folder). Each problem is reported with the file name; b
 
 Example::
 
-    python tools/btcv_datalist.py --dataset_dir /data/btcv
+    python -m tools.btcv_datalist --dataset_dir /data/btcv
     python -m monai.bundle run --config_file bundles/dae_btcv_seg/configs/train.json \
         --dataset_dir /data/btcv --datalist /data/btcv/datalist_fold2.json
 """
@@ -247,7 +247,7 @@ def build(
 
 
 def main() -> None:
-    """Command-line entry point (``python tools/btcv_datalist.py --help``)."""
+    """Command-line entry point (``python -m tools.btcv_datalist --help``)."""
     fire.Fire(build, serialize=lambda paths: None)
 
 

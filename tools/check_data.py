@@ -13,8 +13,8 @@ shape. It works on the three bundles' data lists; the format is recognised from 
 
 Examples::
 
-    python tools/check_data.py --datalist /data/btcv/datalist_fold0.json
-    python tools/check_data.py --datalist /data/pretrain.json --dataset_dir /data --lists "['training']"
+    python -m tools.check_data --datalist /data/btcv/datalist_fold0.json
+    python -m tools.check_data --datalist /data/pretrain.json --dataset_dir /data --lists "['training']"
 
 Exit status 1 when a problem is found (all are printed), 0 otherwise; warnings (float label maps with integral
 values, entries left out with ``--nonfinite skip``) are printed too.
@@ -29,10 +29,7 @@ from collections.abc import Sequence
 
 import fire
 
-# allow running as a script from a checkout without installing the package
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from monai_dae.data.checks import check_entries  # noqa: E402
+from monai_dae.data.checks import check_entries
 
 
 def _resolve(value, base: str):
@@ -105,7 +102,7 @@ def check(
 
 
 def main() -> None:
-    """Command-line entry point (``python tools/check_data.py --help``)."""
+    """Command-line entry point (``python -m tools.check_data --help``)."""
     status = fire.Fire(check, serialize=lambda value: None)
     raise SystemExit(status if isinstance(status, int) else 0)
 

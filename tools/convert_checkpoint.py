@@ -27,10 +27,10 @@ there is the fine-tuned model). The loaded / dropped / newly initialised account
 
 Examples::
 
-    python tools/convert_checkpoint.py --checkpoint DAE_SSL_WEIGHTS/ckpt_best.pth --target dae_pretrain \\
+    python -m tools.convert_checkpoint --checkpoint DAE_SSL_WEIGHTS/ckpt_best.pth --target dae_pretrain \\
         --complete True
-    python tools/convert_checkpoint.py --checkpoint model_swinvit.pt --target dae_btcv_seg
-    python tools/convert_checkpoint.py --checkpoint bundles/dae_pretrain/models/DAE_SSL_WEIGHTS.zip \\
+    python -m tools.convert_checkpoint --checkpoint model_swinvit.pt --target dae_btcv_seg
+    python -m tools.convert_checkpoint --checkpoint bundles/dae_pretrain/models/DAE_SSL_WEIGHTS.zip \\
         --target dae_brats_cls --output /tmp/dae_brats_init.pt
 """
 
@@ -40,7 +40,6 @@ import contextlib
 import inspect
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -48,15 +47,11 @@ from typing import Any
 
 import fire
 import torch
+from monai.bundle import ConfigParser
 
-# allow running as a script from a checkout without installing the package
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from monai.bundle import ConfigParser  # noqa: E402
-
-from monai_dae.networks import is_merging_record  # noqa: E402
-from monai_dae.utils import bundle_dir, save_atomically, training_config_files  # noqa: E402
-from monai_dae.weights import (  # noqa: E402
+from monai_dae.networks import is_merging_record
+from monai_dae.utils import bundle_dir, save_atomically, training_config_files
+from monai_dae.weights import (
     LoadReport,
     convert_state_dict,
     detect_layout,
@@ -103,7 +98,7 @@ def zip_member(path: str, member: str | None = None) -> Iterator[str]:
     if not _is_archive(path):
         yield path
         return
-    from install_bundle import check_zip_entries
+    from tools.install_bundle import check_zip_entries
 
     check_zip_entries(path)  # refuse an archive with a path-traversal or link entry before reading any
     with zipfile.ZipFile(path) as archive:
@@ -292,7 +287,7 @@ def _parameter_default(parameters: Mapping[str, inspect.Parameter], name: str) -
 
 
 def main() -> None:
-    """Command-line entry point (``python tools/convert_checkpoint.py --help``)."""
+    """Command-line entry point (``python -m tools.convert_checkpoint --help``)."""
     fire.Fire(convert_checkpoint, serialize=lambda report: None)
 
 

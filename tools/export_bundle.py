@@ -19,8 +19,8 @@ entries, fixed timestamps), so its sha256 only changes when the content does.
 
 Example::
 
-    python tools/export_bundle.py dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.0.zip
-    python tools/export_bundle.py --output_dir dist                # every bundle of bundles/
+    python -m tools.export_bundle dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.0.zip
+    python -m tools.export_bundle --output_dir dist                # every bundle of bundles/
     # then, anywhere MONAI is installed:
     python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.2.0.zip \
         --bundle_dir ./bundles_installed
@@ -37,10 +37,9 @@ from pathlib import Path
 
 import fire
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout without installing the package
+from monai_dae.utils import PRETRAIN_BASE_CONFIG, bundle_dir, bundle_names, pretext_methods, training_config_files
 
-from monai_dae.utils import PRETRAIN_BASE_CONFIG, bundle_dir, bundle_names, pretext_methods, training_config_files  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PACKAGE = REPO_ROOT / "monai_dae"
 SCHEMA = REPO_ROOT / "tools" / "schema" / "meta_schema_20240725.json"
@@ -240,7 +239,7 @@ def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae")
 
 
 def main() -> None:
-    """Command-line entry point (``python tools/export_bundle.py --help``)."""
+    """Command-line entry point (``python -m tools.export_bundle --help``)."""
     fire.Fire(export_bundles, serialize=lambda paths: None)
 
 

@@ -11,7 +11,7 @@ next to the target, renamed into place at the end; an existing bundle folder is 
 
 Example::
 
-    python tools/install_bundle.py dist/dae_btcv_seg_v0.1.0.zip --bundle_dir ./bundles_installed
+    python -m tools.install_bundle dist/dae_btcv_seg_v0.1.0.zip --bundle_dir ./bundles_installed
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def install_bundle(zip_path: str, bundle_dir: str = ".") -> str:
 
 
 def main() -> None:
-    """Command-line entry point (``python tools/install_bundle.py --help``)."""
+    """Command-line entry point (``python -m tools.install_bundle --help``)."""
     import fire
 
     fire.Fire(install_bundle, serialize=lambda path: None)

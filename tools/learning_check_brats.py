@@ -18,8 +18,8 @@ The CPU-sized defaults (feature size 12, 32^3 classifier input, 64^3 pretraining
 reuses the weights of an earlier run on the same (deterministically generated) phantoms. On a GPU use
 ``--feature_size 48 --spatial_size 96`` and more epochs. Example::
 
-    python tools/learning_check_brats.py --work_dir runs/learning_check_brats --arms "['scratch','dae','dae_probe']"
-    python tools/learning_check_brats.py --work_dir runs/learning_check_brats2 --seeds "[0,1]" \
+    python -m tools.learning_check_brats --work_dir runs/learning_check_brats --arms "['scratch','dae','dae_probe']"
+    python -m tools.learning_check_brats --work_dir runs/learning_check_brats2 --seeds "[0,1]" \
         --arms "['scratch','dae','dae_probe']" --pretrained_path runs/learning_check_brats/pretrain/models/model.pt
 """
 
@@ -35,12 +35,9 @@ from pathlib import Path
 import fire
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from learning_check_common import bundle_configs, run_workflow, validation_curve  # noqa: E402
-from monai_dae.data.brats import build_datalist, scan_brats_folder  # noqa: E402
-from monai_dae.data.phantoms import write_sample_dataset  # noqa: E402
+from monai_dae.data.brats import build_datalist, scan_brats_folder
+from monai_dae.data.phantoms import write_sample_dataset
+from tools.learning_check_common import bundle_configs, run_workflow, validation_curve
 
 PRETRAIN = bundle_configs("dae_pretrain")
 CLASSIFY = bundle_configs("dae_brats_cls")

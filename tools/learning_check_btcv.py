@@ -19,7 +19,7 @@ CPU-sized defaults (feature size 12, 64 x 64 x 32 crops, phantoms whose body fil
 (load average about 4); the recorded result is in ``bundles/dae_btcv_seg/docs/README.md``. On a GPU use
 ``--feature_size 48 --roi "[96,96,96]" --ct_shape "[192,192,80]"`` and more epochs. Example::
 
-    python tools/learning_check_btcv.py --work_dir runs/learning_check_btcv
+    python -m tools.learning_check_btcv --work_dir runs/learning_check_btcv
 """
 
 from __future__ import annotations
@@ -34,11 +34,8 @@ import fire
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from learning_check_common import bundle_configs, run_workflow, validation_curve  # noqa: E402
-from monai_dae.data.phantoms import BTCV_ORGANS, write_sample_dataset  # noqa: E402
+from monai_dae.data.phantoms import BTCV_ORGANS, write_sample_dataset
+from tools.learning_check_common import bundle_configs, run_workflow, validation_curve
 
 PRETRAIN = bundle_configs("dae_pretrain")
 SEGMENT = bundle_configs("dae_btcv_seg")

@@ -8,7 +8,7 @@ Run it only under MONAI 1.4 (it asserts ``monai.__version__ < 1.5``), in a throw
 the project's PyTorch and NumPy; ``monai_dae`` is not imported (it needs MONAI 1.6)::
 
     .venv/bin/python -m pip install --no-deps --target /tmp/monai14 monai==1.4.0
-    PYTHONPATH=/tmp/monai14 .venv/bin/python tools/make_legacy_fixture.py
+    PYTHONPATH=/tmp/monai14 .venv/bin/python -m tools.make_legacy_fixture
 
 What it builds, with a fixed seed: a MONAI 1.4 ``SwinUNETR`` (feature size 12, 1 input channel, depths
 (2, 2, 2, 2), heads (3, 6, 12, 24), window 7) whose parameters are all re-drawn (0.1 * randn, norm weights

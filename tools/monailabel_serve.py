@@ -20,10 +20,10 @@ MONAI Label 0.8.5 pins clash with the main environment (``pydicom<3``, ``pynetdi
 
 Examples::
 
-    python tools/monailabel_serve.py install
-    python tools/monailabel_serve.py setup_app --app_dir runs/monailabel/app \\
+    python -m tools.monailabel_serve install
+    python -m tools.monailabel_serve setup_app --app_dir runs/monailabel/app \\
         --model runs/btcv/models/model.pt --overrides '{"feature_size": 12}'
-    python tools/monailabel_serve.py serve --app_dir runs/monailabel/app \\
+    python -m tools.monailabel_serve serve --app_dir runs/monailabel/app \\
         --studies runs/monailabel/studies --port 8000
 """
 
@@ -40,10 +40,9 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout without installing the package
+from monai_dae.utils import bundle_dir
 
-from monai_dae.utils import bundle_dir  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 VENV = REPO_ROOT / ".venv-monailabel"
 REQUIREMENTS = REPO_ROOT / "tools" / "monailabel_requirements.txt"
@@ -191,7 +190,7 @@ def setup_app(
     interpreter = _venv_python(venv)
     if not (Path(venv) / INSTALLED_MARKER).is_file():
         raise FileNotFoundError(f"MONAI Label environment '{venv}' is not installed: run "
-                                f"'python tools/monailabel_serve.py install --venv {venv}' first.")
+                                f"'python -m tools.monailabel_serve install --venv {venv}' first.")
     bundle_path = Path(bundle_dir(bundle, required="configs/inference.json"))
     model_file = Path(model) if model else bundle_path / "models" / "model.pt"
     if not model_file.is_file():
@@ -251,10 +250,10 @@ def serve(
     app = Path(app_dir).resolve()
     if not interpreter.exists():
         raise FileNotFoundError(f"MONAI Label environment '{venv}' not found: run "
-                                "'python tools/monailabel_serve.py install' first.")
+                                "'python -m tools.monailabel_serve install' first.")
     if not (app / "model" / bundle_name / "models" / "model.pt").is_file():
         raise FileNotFoundError(f"No bundle '{bundle_name}' with models/model.pt under '{app / 'model'}': "
-                                "run 'python tools/monailabel_serve.py setup_app' first.")
+                                "run 'python -m tools.monailabel_serve setup_app' first.")
     Path(studies).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["MONAI_LABEL_SESSION_PATH"] = str(app / "sessions")

@@ -3,23 +3,18 @@ Generate the synthetic sample data set (BTCV-style CT and BraTS-style MRI phanto
 
 Example::
 
-    python tools/sample_data.py --output_dir data/sample
-    python tools/sample_data.py --output_dir data/tiny --num_ct 2 --num_brain 2 \
+    python -m tools.sample_data --output_dir data/sample
+    python -m tools.sample_data --output_dir data/tiny --num_ct 2 --num_brain 2 \
         --ct_shape "[64,64,32]" --brain_shape "[48,48,48]" --num_validation 1
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 
 import fire
 
-# allow running as a script from a checkout without installing the package
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from monai_dae.data.phantoms import write_sample_dataset  # noqa: E402
+from monai_dae.data.phantoms import write_sample_dataset
 
 
 def generate(

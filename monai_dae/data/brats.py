@@ -432,7 +432,7 @@ def load_classification_datalist(
     if not os.path.isfile(datalist):
         raise FileNotFoundError(
             f"data list not found: '{datalist}'. Build it with "
-            "`python tools/brats_datalist.py --data_dir <MICCAI_BraTS_2018_Data_Training> --output <datalist.json>`."
+            "`python -m tools.brats_datalist --data_dir <MICCAI_BraTS_2018_Data_Training> --output <datalist.json>`."
         )
     try:
         with open(datalist) as f:

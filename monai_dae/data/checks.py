@@ -50,7 +50,7 @@ NONFINITE = "non-finite voxels"
 _MAX_REPORTED = 20
 _FIX = (
     "Fix or re-export the file(s), or remove the entries from the data list "
-    "(`python tools/check_data.py --datalist <list.json>` lists them all)."
+    "(`python -m tools.check_data --datalist <list.json>` lists them all)."
 )
 
 
