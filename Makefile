@@ -47,12 +47,12 @@ demo: sample-data
 	else \
 		args='$(DEMO_CPU_ARGS)'; echo "No GPU: pretraining at 64^3, feature size 12 (CPU demo settings)"; \
 	fi; \
-	eval $(PY) -m monai.bundle run training --config_file "['$(BUNDLE)/configs/pretrain_base.json','$(BUNDLE)/configs/$(METHOD).json']" \
+	eval $(PY) -m monai.bundle run training --config_file \"[\'$(BUNDLE)/configs/pretrain_base.json\',\'$(BUNDLE)/configs/$(METHOD).json\']\" \
 		--dataset_dir $(SAMPLE_DIR) --output_dir $(DEMO_DIR) --ckpt_dir $(DEMO_DIR)/models $$args \
 	&& echo "" \
-	&& echo "Best model (by validation L1): $(DEMO_DIR)/models/model.pt" \
+	&& echo "Best model ($(METHOD), by its validation metric): $(DEMO_DIR)/models/model.pt" \
 	&& echo "Resumable checkpoints:         $(DEMO_DIR)/checkpoints/" \
-	&& echo "Reconstruction previews:       $$(ls -d $(DEMO_DIR)/previews/* | tail -1)" \
+	&& echo "Validation previews:           $$(ls -d $(DEMO_DIR)/previews/* | tail -1)" \
 	&& echo "TensorBoard:                   $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/tensorboard --host 127.0.0.1"
 
 clean:

@@ -9,6 +9,7 @@ import os
 import pickle
 import uuid
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "training_config_files",
     "pretext_methods",
     "PRETRAIN_BASE_CONFIG",
+    "TRAINING_CONFIGS",
     "latest_checkpoint",
     "prepare_output_dir",
     "resumable_checkpoint",
@@ -55,18 +57,19 @@ def bundle_names() -> list[str]:
     return sorted(p.name for p in folder.iterdir() if (p / "configs" / "metadata.json").is_file())
 
 
-def bundle_dir(bundle: str, required: str | None = None) -> str:
+def bundle_dir(bundle: str, required: str | Sequence[str] | None = None) -> str:
     """
     The root folder of a bundle of this collection: the default ``bundle_root`` of every bundle config and the
     bundle lookup of the tools (``tools/convert_checkpoint.py``, ``export_bundle.py``, ...).
 
     Candidates, in order: ``bundle`` itself as a folder; the bundle folder ``monai_dae`` is vendored in (an
     exported Model Zoo bundle); ``bundles/<bundle>`` of the checkout ``monai_dae`` comes from. The first that
-    holds ``required`` (``configs/metadata.json`` when None) is the bundle.
+    holds ``required`` (``configs/metadata.json`` when None; one of them when several) is the bundle.
 
     Args:
         bundle: a bundle name (``dae_pretrain``, ``dae_btcv_seg``, ``dae_brats_cls``) or a bundle folder.
-        required: the file, relative to the bundle root, that the caller needs. None (the bundle configs):
+        required: the file, relative to the bundle root, that the caller needs, or alternatives (e.g. the
+            training configs of a fine-tuning or a pretraining bundle). None (the bundle configs):
             ``configs/metadata.json``, and when no candidate has it the current directory is the bundle root
             (pass ``--bundle_root`` to use another copy).
 
@@ -76,19 +79,23 @@ def bundle_dir(bundle: str, required: str | None = None) -> str:
     Raises:
         FileNotFoundError: ``required`` is given and no candidate holds it; the message lists the bundles.
     """
-    marker = required or "configs/metadata.json"
+    markers = [required] if isinstance(required, str) else list(required or ["configs/metadata.json"])
     for candidate in (Path(bundle), _CHECKOUT_ROOT, _CHECKOUT_ROOT / "bundles" / bundle):
-        if (candidate / marker).is_file():
+        if any((candidate / marker).is_file() for marker in markers):
             return str(candidate.resolve())
     if required is None:
         return os.getcwd()
     raise FileNotFoundError(
-        f"bundle '{bundle}' not found: expected a bundle folder with {required} or one of {bundle_names()}."
+        f"bundle '{bundle}' not found: expected a bundle folder with {' or '.join(markers)} or one of {bundle_names()}."
     )
 
 
 PRETRAIN_BASE_CONFIG = "pretrain_base.json"
 """The base pretraining config of ``dae_pretrain``; each pretext method adds its overlay (``dae.json``, ...)."""
+
+
+TRAINING_CONFIGS = ("configs/train.json", f"configs/{PRETRAIN_BASE_CONFIG}")
+"""What marks a bundle that trains: one ``train.json``, or the base pretraining config of the overlays."""
 
 
 def training_config_files(bundle_root: str, method: str = "dae") -> list[str]:

@@ -206,7 +206,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
         torch.testing.assert_close(scripted(x), eager(x))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_onnx_export(trained, tmp_path):
     exported = tmp_path / "model.onnx"
     onnx_export(
@@ -309,7 +309,7 @@ def test_linear_probe_keeps_the_encoder_and_resumes(sample, pretrained_path, tmp
     assert 0 <= score <= 1 and previous["best_model_saver"] == best_model_saver.state_dict()
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     """
     ``--tracking mlflow`` logs loss, learning rate, validation metrics, the hyper-parameters and the config of a
@@ -366,7 +366,7 @@ def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path):
     overrides = {k: v for k, v in {**TINY, **sample}.items() if k not in ("device", "amp")}
     command = [

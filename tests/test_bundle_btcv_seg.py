@@ -130,7 +130,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
     assert best_at_start == [previous["best_model_saver"]] and 0 <= score <= 1
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_training_with_mlflow_tracking(data, tmp_path):
     """``--tracking mlflow`` logs loss, learning rate, mean and per-organ Dice, the hyper-parameters and the config."""
     store = tmp_path / "mlflow.db"
@@ -166,7 +166,7 @@ def test_cli_training_with_mlflow_tracking(data, tmp_path):
     assert config["learning_rate"] == 2e-4 and config["roi_size"] == ROI  # the merged config
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(data, tmp_path):
     with open(os.path.join(data, "dataset_0.json")) as f:
         content = json.load(f)
@@ -276,7 +276,7 @@ def test_pretrained_official_checkpoint_needs_conv_stem(data, tmp_path):
     workflow.finalize()
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_verify_net_in_out_and_exports(trained, tmp_path):
     shape = {
         "_meta_#network_data_format#inputs#image#spatial_shape": ROI,

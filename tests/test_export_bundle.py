@@ -28,7 +28,7 @@ from monai.data import load_net_with_metadata
 from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
-from monai_dae.utils import bundle_dir, bundle_names
+from monai_dae.utils import TRAINING_CONFIGS, bundle_dir, bundle_names, pretext_methods
 from tools.export_bundle import SCHEMA, SCHEMA_MD5, bundle_entries, export_bundle
 
 from bundle_testing import BTCV_TINY, REPO, cli_overrides, tool_command, tool_env
@@ -161,7 +161,12 @@ def test_zip_holds_the_bundle_and_the_vendored_package_without_weights(name, exp
     }
     assert {entry for entry in inside if entry.startswith("monai_dae/")} == package
     assert not [e for e in inside if e.endswith(WEIGHT_SUFFIXES) or "__pycache__" in e or e.startswith("models/")]
-    assert inside == set(bundle_entries(source))
+    packed = set(bundle_entries(source))
+    if (source / "configs" / "pretrain_base.json").is_file():  # the base and the overlays become one train.json
+        overlays = {"configs/pretrain_base.json"} | {f"configs/{m}.json" for m in pretext_methods(str(source))}
+        assert overlays <= packed and "configs/train.json" not in packed
+        packed = (packed - overlays) | {"configs/train.json"}
+    assert inside == packed
 
 
 def test_command_line_export_is_reproducible(exported, tmp_path):
@@ -230,7 +235,8 @@ def test_bundle_dir_by_name_by_folder_and_the_configs_fallback(tmp_path, monkeyp
     assert bundle_dir("dae_btcv_seg", required="configs/inference.json") == checkout
     copy = tmp_path / "copy"
     shutil.copytree(REPO / "bundles" / "dae_pretrain" / "configs", copy / "configs")
-    assert bundle_dir(str(copy), required="configs/train.json") == str(copy.resolve())
+    assert bundle_dir(str(copy), required="configs/pretrain_base.json") == str(copy.resolve())
+    assert bundle_dir(str(copy), required=TRAINING_CONFIGS) == str(copy.resolve())
     with pytest.raises(FileNotFoundError, match="bundle 'dae_mae' not found: .*'dae_brats_cls'"):
         bundle_dir("dae_mae", required="configs/train.json")
     monkeypatch.chdir(tmp_path)

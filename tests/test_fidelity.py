@@ -162,7 +162,7 @@ def sample(tmp_path_factory) -> dict[str, str]:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_pretraining_is_reproducible_and_contrastive_at_every_step(sample, tmp_path):
     """Default dae_pretrain settings apart from size (feature size 12, 64^3) for two epochs, on a mixed list."""
     tiny = {"roi_size": [64, 64, 64], "feature_size": 12, "cache_rate": 0.0, "max_epochs": 2, "val_interval": 10,

@@ -50,7 +50,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_dae.networks import is_merging_record
-from monai_dae.utils import bundle_dir, save_atomically, training_config_files
+from monai_dae.utils import TRAINING_CONFIGS, bundle_dir, save_atomically, training_config_files
 from monai_dae.weights import (
     LoadReport,
     convert_state_dict,
@@ -203,9 +203,11 @@ def convert_checkpoint(
         FileNotFoundError, RuntimeError, ValueError: unreadable checkpoint (pickled code included), unknown
             layout, or weights that do not fit the target network; nothing is written then.
     """
-    bundle_root = bundle_dir(target, required="configs/metadata.json")
+    bundle_root = bundle_dir(target, required=TRAINING_CONFIGS)
+    config_files = training_config_files(bundle_root)
+    config_file = " + ".join(config_files)  # names the configs in messages
     parser = ConfigParser()
-    parser.read_config(training_config_files(bundle_root))
+    parser.read_config(config_files)
     loader_id = LOADER_ID if LOADER_ID in parser.config else None
     if output is None:
         output = os.path.join(bundle_root, "models", "pretrained.pt" if loader_id else "model.pt")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
@@ -118,8 +119,7 @@ class EpochLossTermsHandler:
             return
         names = sorted(self._sums)
         totals = torch.tensor([self._sums[k] for k in names] + [float(self._count)], dtype=torch.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(totals)
+        totals = idist.all_reduce(totals)  # on the backend's device (NCCL needs CUDA tensors); a no-op without DDP
         for name, total in zip(names, totals[:-1].tolist()):
             engine.state.metrics[f"epoch_{name}"] = total / float(totals[-1])
 
