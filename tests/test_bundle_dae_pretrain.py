@@ -259,7 +259,7 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
     assert "lr_group_0" in logged
     history = client.get_metric_history(runs[0].info.run_id, "train_loss")
     assert len(history) == 2  # one per iteration
-    params = runs[0].data.params  # the config's hyper_parameters, given to the tracking handler in "run"
+    params = runs[0].data.params  # the executed config's settings, given to the tracking handler in "run"
     assert params["feature_size"] == "12" and params["batch_size"] == "2" and params["roi_size"] == "[64, 64, 64]"
     assert params["mask_ratio"] == "0.6" and params["noise_variance"] == "0.1" and params["cmcl_weight"] == "0.05"
     assert params["datalist"] == str(datalist) and params["stem"] == "patch"
@@ -269,7 +269,7 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
     assert config["feature_size"] == 12 and config["datalist"] == str(datalist)  # the merged, executed config
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_torchrun_two_cpu_processes_with_the_multi_gpu_overlay(sample, tmp_path):
     command = [
         sys.executable,

@@ -91,7 +91,7 @@ def test_volume_fusion_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_pa
     runs = tmp_path / "vf"
     pretrain = _bundle_run(
         config_arg(*training_config_files(str(PRETRAIN), "volume_fusion")), dataset_dir=sample["root"],
-        output_dir=str(runs), ckpt_dir=str(runs / "models"), roi_size=[64, 64, 64], feature_size=12, max_epochs=2,
+        output_dir=str(runs), ckpt_dir=str(runs / "models"), roi_size=[64, 64, 64], feature_size=12, max_epochs=1,
         cache_rate=0.0, num_workers=0, progress_bar=False,
     )
     assert pretrain.returncode == 0, pretrain.stderr[-4000:]
@@ -100,7 +100,7 @@ def test_volume_fusion_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_pa
     state = torch.load(runs / "models" / "model.pt", weights_only=True)
     assert state["out.conv.conv.weight"].shape[:2] == (5, 12)  # the 5-class fusion head
     assert not any(k.startswith("projection_head.") for k in state)
-    assert sorted(p.name for p in (runs / "previews").glob("*.png")) == ["preview_epoch0001.png", "preview_epoch0002.png"]
+    assert [p.name for p in (runs / "previews").glob("*.png")] == ["preview_epoch0001.png"]
 
     btcv = tmp_path / "btcv"
     finetune = _bundle_run(
