@@ -134,9 +134,13 @@ class DAELoss(PretextLoss):
 
     def __init__(self, cmcl_weight: float = 0.05, temperature: float = 0.07, gather_distributed: bool = True) -> None:
         super().__init__(weights={"l1": 1.0, "cmcl": cmcl_weight})
-        self.cmcl_weight = float(cmcl_weight)
         self.reconstruction = nn.L1Loss()
         self.contrastive = CrossModalContrastiveLoss(temperature, gather_distributed)
+
+    @property
+    def cmcl_weight(self) -> float:
+        """The weight of the contrastive term, as the total uses it."""
+        return self.weights["cmcl"]
 
     def terms(self, prediction, target) -> dict[str, torch.Tensor]:
         """
