@@ -15,7 +15,8 @@ DEMO_DIR ?= runs/demo
 METHOD ?= dae
 # Demo sizes: small enough for a laptop CPU (about 15 minutes for the whole chain), the same on a GPU, so that
 # the commands in the docs work after `make demo` on any machine. The paper's sizes are the bundles' defaults.
-DEMO_ARGS ?= --feature_size 12 --num_workers 2
+DEMO_FEATURE_SIZE ?= 12
+DEMO_ARGS ?= --feature_size $(DEMO_FEATURE_SIZE) --num_workers 2
 PRETRAIN := $(DEMO_DIR)/dae_pretrain
 BTCV := $(DEMO_DIR)/dae_btcv_seg
 BRATS := $(DEMO_DIR)/dae_brats_cls
@@ -26,7 +27,7 @@ PRETRAIN_CONFIGS := "['bundles/dae_pretrain/configs/pretrain_base.json','bundles
 BTCV_ARGS := --dataset_dir $(BTCV_DATA) --bundle_root $(BTCV) --roi_size "[64,64,32]" $(DEMO_ARGS)
 BRATS_ARGS := --dataset_dir $(BRATS_DATA) --bundle_root $(BRATS) --spatial_size "[64,64,64]" $(DEMO_ARGS)
 
-.PHONY: install test test-extended demo demo-pretrain demo-btcv demo-brats sample-data clean monailabel-env test-monailabel
+.PHONY: install test test-extended demo demo-pretrain demo-btcv demo-brats verify-bundles sample-data clean monailabel-env test-monailabel
 
 install: $(VENV)/.installed
 
@@ -82,6 +83,13 @@ demo-brats: install
 		--pretrained_path $(PRETRAIN)/models/model.pt
 	$(RUN) --config_file "['bundles/dae_brats_cls/configs/train.json','bundles/dae_brats_cls/configs/evaluate.json']" $(BRATS_ARGS)
 	$(RUN) --config_file bundles/dae_brats_cls/configs/inference.json $(BRATS_ARGS)
+
+# the Model Zoo's checks (folder, changelog, metadata schema, network input/output, TorchScript export) on every
+# bundle, with the weights `make demo` trained
+verify-bundles: install
+	$(PY) -m tools.verify_bundle --bundle dae_pretrain --weights $(PRETRAIN)/models/model.pt --overrides "{'feature_size': $(DEMO_FEATURE_SIZE)}"
+	$(PY) -m tools.verify_bundle --bundle dae_btcv_seg --weights $(BTCV)/models/model.pt --overrides "{'feature_size': $(DEMO_FEATURE_SIZE)}"
+	$(PY) -m tools.verify_bundle --bundle dae_brats_cls --weights $(BRATS)/models/model.pt --overrides "{'feature_size': $(DEMO_FEATURE_SIZE)}"
 
 clean:
 	rm -rf $(DEMO_DIR) $(SAMPLE_DIR)

@@ -60,3 +60,36 @@ def test_bundles_agree_on_the_tested_versions():
     keys = ("monai_version", "pytorch_version", "numpy_version")
     versions = {bundle: tuple(_metadata(bundle)[key] for key in keys) for bundle in BUNDLES}
     assert len(set(versions.values())) == 1, versions
+
+
+def _lock() -> dict[str, str]:
+    lines = (REPO / "requirements-lock.txt").read_text().splitlines()
+    return {line.split("==")[0].lower(): line.split("==")[1].strip() for line in lines if "==" in line}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_eval_metrics_are_numbers_as_in_the_zoo(bundle):
+    metrics = _metadata(bundle)["eval_metrics"]
+    assert metrics and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in metrics.values())
+    # the figures come from synthetic phantoms at test size (docs/README.md), and the names say so
+    assert all(name.endswith("_synthetic_phantoms") for name in metrics)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_package_versions_are_the_locked_ones_and_list_what_the_configs_need(bundle):
+    metadata, lock = _metadata(bundle), _lock()
+    versions = metadata["required_packages_version"]
+    assert {"nibabel", "pytorch-ignite", "einops", "tensorboard", "mlflow", "fire", "tqdm", "matplotlib"} <= set(versions)
+    # MONAI tools before the 2024 schema read optional_packages_version
+    assert metadata["optional_packages_version"] == versions
+    assert {name: lock[name.lower()] for name in versions} == versions
+    assert (metadata["monai_version"], metadata["pytorch_version"], metadata["numpy_version"]) == (
+        lock["monai"],
+        lock["torch"],
+        lock["numpy"],
+    )
+
+
+def test_supported_apps_name_the_monai_label_app():
+    assert _metadata("dae_btcv_seg")["supported_apps"] == {"monai-label": "0.8.5"}
+    assert "monailabel==0.8.5" in (REPO / "tools" / "monailabel_requirements.txt").read_text().lower()
