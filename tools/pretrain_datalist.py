@@ -361,7 +361,12 @@ def build(
     progress: bool | None = None,
 ) -> str:
     """
-    Write the pretraining data list and print the per-modality counts (see the module docstring for the rules).
+    Write the pretraining data list and print the per-modality counts.
+
+    A file's modality: ``--overrides`` (path or glob -> modality), else the file or folder name (whole tokens,
+    ``..._t1ce.nii.gz`` is t1ce), else the NIfTI header (``descrip``, ``intent_name``), else the voxels (minimum
+    below -500: ct; non-negative: MRI, given ``--mri_modality``); undetermined files stop the tool (named) unless
+    ``--unknown skip``. The full rules are in the module docstring (``tools/pretrain_datalist.py``).
 
     Args:
         roots: folders of NIfTI files, walked recursively.
