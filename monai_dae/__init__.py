@@ -12,7 +12,7 @@ from types import ModuleType
 
 __version__ = "0.2.0"
 
-_SUBMODULES = ("data", "engines", "handlers", "losses", "modalities", "networks", "settings", "transforms", "utils", "weights")
+_SUBMODULES = ("data", "engines", "handlers", "losses", "modalities", "networks", "progress", "settings", "transforms", "utils", "weights")
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from monai_dae.progress import progress_enabled
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "distributed_world_size",
     "all_gather_list",
     "require_one_item_per_rank",
+    "progress_enabled",
 ]
 
 

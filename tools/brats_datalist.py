@@ -62,6 +62,7 @@ def build(
     seed: int = 0,
     check_headers: bool = True,
     skip_invalid: bool = False,
+    progress: bool | None = None,
 ) -> str:
     """
     Write the classification data list and print a per-fold summary.
@@ -79,6 +80,7 @@ def build(
         seed: fold shuffling seed.
         check_headers: compare shapes and affines of each subject's modalities.
         skip_invalid: drop unusable subjects (listed on stderr) instead of failing.
+        progress: a progress bar over the subject checks (default: when stderr is a terminal).
 
     Returns:
         the path of the data list.
@@ -106,6 +108,7 @@ def build(
         class_names=class_names,
         check_headers=check_headers,
         source=f"'{data_dir or csv}'",
+        progress=progress,
     )
     test_subjects: list[dict] = []
     if test_dir is not None:
@@ -119,6 +122,7 @@ def build(
             require_class=False,
             check_headers=check_headers,
             source=f"'{test_dir}'",
+            progress=progress,
         )
     for subject, message in problems:
         print(f"skipped subject '{subject}': {message}", file=sys.stderr)

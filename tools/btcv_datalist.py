@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 import fire
 import nibabel as nib
 import numpy as np
+from tqdm import tqdm
+
+from monai_dae.progress import progress_enabled
 
 NUM_LABELS = 14
 """Background and the 13 BTCV organs."""
@@ -164,6 +167,7 @@ def build(
     labels_dir: str = "labelsTr",
     check_values: bool = True,
     strict: bool = False,
+    progress: bool | None = None,
 ) -> list[str]:
     """
     Write ``datalist_fold{k}.json`` (k = 0 .. num_folds - 1) for a BTCV-layout folder.
@@ -179,6 +183,7 @@ def build(
         labels_dir: label folder, relative to ``dataset_dir``.
         check_values: also read every label and check its values (slower on the full data set).
         strict: write nothing and exit with status 1 when any case is broken (default: leave them out).
+        progress: a progress bar over the case checks (default: when stderr is a terminal).
 
     Returns:
         the written data list paths.
@@ -194,7 +199,8 @@ def build(
         source = os.path.join(dataset_dir, images_dir)
     print(f"{len(cases)} cases from {source}")
 
-    broken = [case for case in cases if check_case(dataset_dir, case, check_values=check_values)]
+    shown = tqdm(cases, desc="checking cases", unit="case", disable=not progress_enabled(progress))
+    broken = [case for case in shown if check_case(dataset_dir, case, check_values=check_values)]
     for case in broken:
         for problem in case.problems:
             print(f"PROBLEM {problem}", file=sys.stderr)

@@ -36,7 +36,9 @@ import zipfile
 from pathlib import Path
 
 import fire
+from tqdm import tqdm
 
+from monai_dae.progress import progress_enabled
 from monai_dae.utils import PRETRAIN_BASE_CONFIG, bundle_dir, bundle_names, pretext_methods, training_config_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +179,7 @@ def merged_training_config(bundle_dir: str | Path, method: str = "dae") -> bytes
     return (json.dumps(merged, indent=4) + "\n").encode()
 
 
-def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae") -> str:
+def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae", progress: bool | None = None) -> str:
     """
     Check a bundle and write its Model Zoo zip ``<output_dir>/<name>_v<version>.zip``.
 
@@ -185,6 +187,7 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae") ->
         bundle: bundle name (a folder of ``bundles/``) or path to a bundle folder.
         output_dir: folder of the zip (created if missing).
         method: for a pretraining bundle, the pretext method whose merged config is packed as ``train.json``.
+        progress: a progress bar over the files packed (default: when stderr is a terminal).
 
     Returns:
         the path of the zip.
@@ -208,7 +211,8 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae") ->
     partial = path.with_name(path.name + ".partial")
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for arcname, content in contents.items():
+            shown = tqdm(contents.items(), desc=f"packing {name}", unit="file", disable=not progress_enabled(progress))
+            for arcname, content in shown:
                 info = zipfile.ZipInfo(f"{name}/{arcname}", date_time=ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
@@ -222,7 +226,7 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae") ->
     return str(path)
 
 
-def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae") -> list[str]:
+def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae", progress: bool | None = None) -> list[str]:
     """
     Export several bundles (all bundles of ``bundles/`` when none is named), each checked first.
 
@@ -230,12 +234,13 @@ def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae")
         bundles: bundle names or folders; none means every bundle of ``bundles/``.
         output_dir: folder of the zips (created if missing).
         method: the pretext method packed for the pretraining bundle.
+        progress: a progress bar over the files of each zip (default: when stderr is a terminal).
 
     Returns:
         the paths of the zips, in the order of ``bundles``.
     """
     names = bundles or bundle_names()
-    return [export_bundle(bundle, output_dir, method) for bundle in names]
+    return [export_bundle(bundle, output_dir, method, progress) for bundle in names]
 
 
 def main() -> None:

@@ -245,6 +245,7 @@ def validate_subjects(
     check_headers: bool = True,
     affine_tolerance: float = 1e-3,
     source: str = "",
+    progress: bool | None = False,
 ) -> None:
     """
     Check every subject before training and report all problems at once, each with the subject's id:
@@ -259,13 +260,21 @@ def validate_subjects(
         check_headers: read the NIfTI headers and compare shapes and affines across modalities.
         affine_tolerance: largest absolute difference between affine entries (mm) still taken as equal.
         source: where the subjects come from, for the message.
+        progress: a progress bar over the subjects (None: when stderr is a terminal, see
+            :py:func:`monai_dae.progress.progress_enabled`); off by default, as the bundles call this while
+            loading their data lists (``tools/brats_datalist.py`` passes its ``--progress``).
 
     Raises:
         SubjectError: listing every problem found.
     """
+    from tqdm import tqdm
+
+    from monai_dae.progress import progress_enabled
+
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for index, subject in enumerate(subjects):
+    shown = tqdm(subjects, desc=f"checking {source or 'subjects'}", unit="subject", disable=not progress_enabled(progress))
+    for index, subject in enumerate(shown):
         name = str(subject.get("subject") or f"<entry {index}>")
         if name in seen:
             problems.append((name, "duplicated subject id"))

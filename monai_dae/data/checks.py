@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from monai_dae.progress import progress_enabled
 
 __all__ = [
     "NONFINITE_POLICIES",
@@ -212,7 +213,7 @@ def check_entries(
         channels: channels each image file must hold (None: any).
         nonfinite: "error": a non-finite voxel is a problem; "skip": the entry is dropped with a warning.
         source: the list's name, for the progress bar.
-        progress: show a progress bar (default: when stderr is a terminal).
+        progress: show a progress bar; None: when stderr is a terminal (:py:func:`monai_dae.progress.progress_enabled`).
 
     Returns:
         ``(kept, problems, warnings)``: the indices of the entries to keep, and the messages, each naming the
@@ -224,9 +225,8 @@ def check_entries(
 
     keys = [*image_keys, *([label_key] if label_key else [])]
     total = sum(len(_paths(entry.get(k))) for entry in entries for k in keys)
-    show = sys.stderr.isatty() if progress is None else progress
     kept, problems, warnings = [], [], []
-    with tqdm(total=total, desc=f"checking {source or 'data'}", unit="file", disable=not show) as bar:
+    with tqdm(total=total, desc=f"checking {source or 'data'}", unit="file", disable=not progress_enabled(progress)) as bar:
         for index, entry in enumerate(entries):
             name = describe_entry(entry, index)
             entry_problems, skipped, shapes = [], [], {}
@@ -262,6 +262,7 @@ def check_bundle_data(
     num_classes: int | None = None,
     channels: int | None = 1,
     names: Sequence[str] = ("training", "validation"),
+    progress: bool | None = None,
 ) -> None:
     """
     The bundles' ``initialize`` hook: with ``check`` (the ``check_data`` key) or ``nonfinite="skip"``, read every
@@ -278,6 +279,8 @@ def check_bundle_data(
         num_classes: number of classes of the label maps.
         channels: channels each image file must hold.
         names: the lists' names, for the messages.
+        progress: a progress bar per list (the configs pass ``@show_progress``); None: when stderr is a
+            terminal, see :py:func:`monai_dae.progress.progress_enabled`.
 
     Raises:
         DataCheckError: listing every problem found, each with the file and the data list entry.
@@ -290,7 +293,7 @@ def check_bundle_data(
     problems = []
     for position, data in enumerate(datalists):
         name = names[position] if position < len(names) else f"list {position}"
-        kept, found, warned = check_entries(data, image_keys, label_key, num_classes, channels, nonfinite, source=name)
+        kept, found, warned = check_entries(data, image_keys, label_key, num_classes, channels, nonfinite, name, progress)
         problems += [f"{name} {message}" for message in found]
         for message in warned:
             logger.warning(f"{name} {message}")

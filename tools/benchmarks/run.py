@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from monai_dae.progress import progress_enabled
 
 from tools.benchmarks.common import Report, Settings, free_memory, machine_description, quick_settings, write_json
 from tools.benchmarks.disruption import bench_disruption
@@ -48,6 +51,7 @@ def main(
     iters: int | None = None,
     sw_cpu_shape: Sequence[int] | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """
     Run the benchmark sections, print one table of ratios and the machine description, optionally save JSON.
@@ -70,6 +74,7 @@ def main(
         iters: override the timed iterations of the training step (2 on a CPU, 10 on a GPU).
         sw_cpu_shape: volume shape of the CPU sliding-window case.
         seed: seed of Python, NumPy and torch.
+        progress: a progress bar over the sections (default: when stderr is a terminal).
 
     Returns:
         the results dictionary (also written to ``output_json``).
@@ -105,9 +110,8 @@ def main(
     report = Report()
     t_start = time.perf_counter()
     section_s: dict[str, float] = {}
-    for name in SECTIONS:
-        if name not in sections:
-            continue
+    chosen = [name for name in SECTIONS if name in sections]
+    for name in tqdm(chosen, desc="benchmark", unit="section", disable=not progress_enabled(progress)):
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         if name == "disruption":
