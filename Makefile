@@ -70,16 +70,16 @@ demo: demo-pretrain demo-btcv demo-brats
 
 demo-pretrain: sample-data
 	$(RUN) training --config_file $(PRETRAIN_CONFIGS) --dataset_dir $(SAMPLE_DIR) --output_dir $(PRETRAIN) \
-		--ckpt_dir $(PRETRAIN)/models --roi_size "[64,64,64]" --max_epochs 3 $(DEMO_ARGS)
+		--ckpt_dir $(PRETRAIN)/models --roi_size "[64,64,64]" --max_epochs 3 $(DEMO_ARGS) --overwrite True
 
 demo-btcv: install
-	$(RUN) training --config_file bundles/dae_btcv_seg/configs/train.json $(BTCV_ARGS) --max_epochs 2 \
+	$(RUN) training --config_file bundles/dae_btcv_seg/configs/train.json $(BTCV_ARGS) --max_epochs 2 --val_interval 1 --overwrite True \
 		--pretrained_path $(PRETRAIN)/models/model.pt
 	$(RUN) --config_file "['bundles/dae_btcv_seg/configs/train.json','bundles/dae_btcv_seg/configs/evaluate.json']" $(BTCV_ARGS)
 	$(RUN) --config_file bundles/dae_btcv_seg/configs/inference.json $(BTCV_ARGS)
 
 demo-brats: install
-	$(RUN) training --config_file bundles/dae_brats_cls/configs/train.json $(BRATS_ARGS) --max_epochs 2 \
+	$(RUN) training --config_file bundles/dae_brats_cls/configs/train.json $(BRATS_ARGS) --max_epochs 2 --overwrite True \
 		--pretrained_path $(PRETRAIN)/models/model.pt
 	$(RUN) --config_file "['bundles/dae_brats_cls/configs/train.json','bundles/dae_brats_cls/configs/evaluate.json']" $(BRATS_ARGS)
 	$(RUN) --config_file bundles/dae_brats_cls/configs/inference.json $(BRATS_ARGS)

@@ -179,7 +179,42 @@ def merged_training_config(bundle_dir: str | Path, method: str = "dae") -> bytes
     return (json.dumps(merged, indent=4) + "\n").encode()
 
 
-def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae", progress: bool | None = None) -> str:
+def large_files_with_weights(large_files: bytes | None, weights: str | Path, url: str) -> bytes:
+    """
+    A bundle's ``large_files.yml`` with an entry for its own weights, ``models/model.pt``, as Model Zoo bundles
+    declare them: where to download the file and its sha256, computed here from the file.
+
+    Args:
+        large_files: the bundle's ``large_files.yml`` content (its comment header is kept), or None.
+        weights: the ``model.pt`` that will be published at ``url``.
+        url: where the weights are published (``https://...``, or ``file://...`` to try it locally).
+
+    Returns:
+        the new ``large_files.yml`` content; an older ``models/model.pt`` entry is replaced.
+    """
+    import yaml
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights {weights} not found.")
+    if not url:
+        raise ValueError("weights_url is required with weights: the URL the weights are published at.")
+    text = (large_files or b"").decode()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    entries = [e for e in (yaml.safe_load(text) or {}).get("large_files", []) if e.get("path") != "models/model.pt"]
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    entries.insert(0, {"path": "models/model.pt", "url": url, "hash_val": digest, "hash_type": "sha256"})
+    return (header + yaml.safe_dump({"large_files": entries}, sort_keys=False)).encode()
+
+
+def export_bundle(
+    bundle: str,
+    output_dir: str = "dist",
+    method: str = "dae",
+    progress: bool | None = None,
+    weights: str | None = None,
+    weights_url: str | None = None,
+) -> str:
     """
     Check a bundle and write its Model Zoo zip ``<output_dir>/<name>_v<version>.zip``.
 
@@ -188,6 +223,10 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae", pr
         output_dir: folder of the zip (created if missing).
         method: for a pretraining bundle, the pretext method whose merged config is packed as ``train.json``.
         progress: a progress bar over the files packed (default: when stderr is a terminal).
+        weights: a ``model.pt`` to publish with the bundle: it is not packed, but the packed ``large_files.yml``
+            declares it as ``models/model.pt`` with ``weights_url`` and its sha256 (``large_files_with_weights``),
+            so ``monai.bundle download_large_files`` fetches and verifies it.
+        weights_url: where ``weights`` are published.
 
     Returns:
         the path of the zip.
@@ -205,6 +244,9 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae", pr
         for overlay in [PRETRAIN_BASE_CONFIG] + [f"{m}.json" for m in pretext_methods(str(root))]:
             contents.pop(f"configs/{overlay}")
         contents = dict(sorted({**contents, "configs/train.json": train}.items()))
+    if weights is not None:
+        contents["large_files.yml"] = large_files_with_weights(contents.pop("large_files.yml", None), weights, weights_url)
+        contents = dict(sorted(contents.items()))
 
     os.makedirs(output_dir, exist_ok=True)
     path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
@@ -226,7 +268,14 @@ def export_bundle(bundle: str, output_dir: str = "dist", method: str = "dae", pr
     return str(path)
 
 
-def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae", progress: bool | None = None) -> list[str]:
+def export_bundles(
+    *bundles: str,
+    output_dir: str = "dist",
+    method: str = "dae",
+    progress: bool | None = None,
+    weights: str | None = None,
+    weights_url: str | None = None,
+) -> list[str]:
     """
     Export several bundles (all bundles of ``bundles/`` when none is named), each checked first.
 
@@ -235,12 +284,16 @@ def export_bundles(*bundles: str, output_dir: str = "dist", method: str = "dae",
         output_dir: folder of the zips (created if missing).
         method: the pretext method packed for the pretraining bundle.
         progress: a progress bar over the files of each zip (default: when stderr is a terminal).
+        weights: the ``model.pt`` to declare in ``large_files.yml`` (one bundle only; see ``export_bundle``).
+        weights_url: where ``weights`` are published.
 
     Returns:
         the paths of the zips, in the order of ``bundles``.
     """
     names = bundles or bundle_names()
-    return [export_bundle(bundle, output_dir, method, progress) for bundle in names]
+    if weights is not None and len(names) != 1:
+        raise ValueError(f"weights belong to one bundle; name it (got {len(names)} bundles).")
+    return [export_bundle(bundle, output_dir, method, progress, weights, weights_url) for bundle in names]
 
 
 def main() -> None:
