@@ -79,6 +79,7 @@ demo-btcv: install
 	$(RUN) --config_file bundles/dae_btcv_seg/configs/inference.json $(BTCV_ARGS)
 
 demo-brats: install
+	$(PY) -m tools.brats_datalist --data_dir $(BRATS_DATA)
 	$(RUN) training --config_file bundles/dae_brats_cls/configs/train.json $(BRATS_ARGS) --max_epochs 2 --overwrite True \
 		--pretrained_path $(PRETRAIN)/models/model.pt
 	$(RUN) --config_file "['bundles/dae_brats_cls/configs/train.json','bundles/dae_brats_cls/configs/evaluate.json']" $(BRATS_ARGS)
