@@ -590,7 +590,7 @@ def benchmark_ratios_figure(rows: Sequence[Mapping[str, Any]], title: str) -> Fi
     if not rated:
         raise ValueError("no benchmark row has a ratio to draw.")
     sections = list(dict.fromkeys(r["section"] for r in rated))
-    figure, axes = _new_figure(1, 1, 9.0, max(3.0, 0.32 * len(rated) + 1.5))
+    figure, axes = _new_figure(1, 1, 11.0, max(3.0, 0.32 * len(rated) + 1.5))
     ax = axes[0, 0]
     positions = np.arange(len(rated))[::-1]
     ratios = [float(r["ratio"]) for r in rated]
@@ -600,11 +600,15 @@ def benchmark_ratios_figure(rows: Sequence[Mapping[str, Any]], title: str) -> Fi
         ax.text(ratio, y, f" {ratio:.2f}x", va="center", fontsize=8)
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
     ax.set_yticks(positions, [f"{r['section']}: {r['name']}" for r in rated], fontsize=8)
-    ax.set_xlabel("ratio against the reference measured in the same run")
-    ax.set_xlim(0, max(ratios) * 1.15)
+    if max(ratios) / max(min(ratios), 1e-12) > 20:  # orders of magnitude apart: a log scale keeps all bars readable
+        ax.set_xscale("log")
+        ax.set_xlim(min(min(ratios), 1.0) / 1.5, max(ratios) * 3)
+    else:
+        ax.set_xlim(0, max(ratios) * 1.15)
+    ax.set_xlabel("ratio against the reference measured in the same run (see the table's 'ratio against')")
     ax.grid(axis="x", alpha=0.3)
     handles = [Patch(color=f"C{i % 10}", label=s) for i, s in enumerate(sections)]
-    ax.legend(handles=handles, loc="lower right", fontsize="small")
+    ax.legend(handles=handles, loc="best", fontsize="small")
     ax.set_title(title, fontsize=9, wrap=True)
     return figure
 
