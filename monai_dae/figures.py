@@ -183,6 +183,9 @@ def learning_curves_figure(
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        epochs = sorted({p[0] for points in series.values() for p in points})
+        if len(epochs) == 1:  # a single epoch: one tick, not fractions of an epoch
+            ax.set_xticks(epochs)
         ax.legend(fontsize="x-small" if len(series) > 4 else "small", ncol=2 if len(series) > 6 else 1)
     for ax in list(axes.flat)[len(curves):]:
         ax.set_visible(False)

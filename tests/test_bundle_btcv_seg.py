@@ -149,6 +149,10 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
     previous = torch.load(os.path.join(trained, "runs", "checkpoints", "checkpoint_final.pt"), weights_only=True)
     ((score, _),) = previous["best_model_saver"]["_saved"]
     assert best_at_start == [previous["best_model_saver"]] and 0 <= score <= 1
+    # the learning curves of the resumed run start with the first run's epoch
+    with open(root / "runs" / "figures" / "learning_curves.json") as f:
+        curves = json.load(f)
+    assert sorted(curves["train"]["loss"]) == ["1", "2"] and sorted(curves["validation"]["val_mean_dice"]) == ["1", "2"]
 
 
 @pytest.mark.extended

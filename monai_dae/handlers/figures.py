@@ -111,6 +111,7 @@ class LearningCurvesHandler:
         self._trainer: Engine | None = None
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._history_pending = False
 
     @property
     def path(self) -> str:
@@ -128,7 +129,7 @@ class LearningCurvesHandler:
             engine: the trainer.
         """
         self._trainer = engine
-        engine.add_event_handler(Events.STARTED, self._load_history)
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
@@ -136,10 +137,17 @@ class LearningCurvesHandler:
         if self.validator is not None:
             self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._record_validation)
 
+    def _started(self, engine: Engine) -> None:
+        self._history_pending = True
+
     def _load_history(self, engine: Engine) -> None:
-        """Keep the curves of the epochs before a resumed run's first one (none for a fresh run)."""
-        done = engine.state.epoch
-        if not done or not os.path.isfile(self.history_path):
+        """
+        Keep the saved curves of the epochs before a resumed run's first one (none for a fresh run). Called when
+        the first epoch starts: the checkpoint of a resumed run is loaded at ``STARTED``, maybe after this handler.
+        """
+        self._history_pending = False
+        done = engine.state.epoch - 1
+        if done <= 0 or not os.path.isfile(self.history_path):
             return
         try:
             with open(self.history_path) as file:
@@ -153,6 +161,8 @@ class LearningCurvesHandler:
                 store.setdefault(name, {}).update(kept)
 
     def _reset(self, engine: Engine) -> None:
+        if self._history_pending:
+            self._load_history(engine)
         self._sums, self._count = {}, 0
 
     def _accumulate(self, engine: Engine) -> None:
@@ -244,9 +254,9 @@ class SegmentationFiguresHandler:
     - ``<prefix>overlay.png``: the first case of the run, image in grey with the label (left) and the prediction
       (right) in organ colours on three planes.
 
-    They are overwritten at every run (the last validation); when the run holds the best key metric so far
-    (``state.best_metric_epoch == state.epoch``) they are also copied to ``<prefix>dice_per_organ_best.png`` and
-    ``<prefix>overlay_best.png``. Only the first case's volumes are kept, so the cost is one figure per run.
+    They are overwritten at every run (the last validation); with ``best_copies``, when the run holds the best key
+    metric so far (``state.best_metric_epoch == state.epoch``) they are also copied to
+    ``<prefix>dice_per_organ_best.png`` and ``<prefix>overlay_best.png``. Only the first case's volumes are kept, so the cost is one figure per run.
 
     Args:
         output_dir: folder of the PNG files (created).
@@ -256,6 +266,7 @@ class SegmentationFiguresHandler:
             indices) in the engine output.
         log_dir: TensorBoard log directory, or None.
         prefix: file name prefix.
+        best_copies: keep copies of the figures of the best validation (off for a single evaluation).
     """
 
     def __init__(
@@ -268,9 +279,11 @@ class SegmentationFiguresHandler:
         pred_key: str = "pred",
         log_dir: str | None = None,
         prefix: str = "",
+        best_copies: bool = True,
     ) -> None:
         self.output_dir = output_dir
         self.organs = list(organs)
+        self.best_copies = best_copies
         self.metric_prefix = metric_prefix
         self.keys = (image_key, label_key, pred_key)
         self.prefix = prefix
@@ -324,7 +337,7 @@ class SegmentationFiguresHandler:
         from monai_dae.figures import dice_bar_figure, segmentation_overlay_figure
 
         epoch = engine.state.epoch
-        best = getattr(engine.state, "best_metric_epoch", -1) == epoch
+        best = self.best_copies and getattr(engine.state, "best_metric_epoch", -1) == epoch
         paths = []
         dice = self.dice(engine.state.metrics)
         if dice:
