@@ -332,3 +332,15 @@ def test_figures_reach_mlflow_as_artifacts(tmp_path):
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("figures").experiment_id])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"learning_curves.png", "learning_curves.json"}
+
+
+def test_a_figure_that_cannot_be_drawn_never_ends_the_run(tmp_path, caplog, monkeypatch):
+    import monai_dae.figures as module
+
+    monkeypatch.setattr(module, "learning_curves_figure", lambda *a, **k: 1 / 0)
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(1.0)})
+    handler = LearningCurvesHandler(str(tmp_path))
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=2)
+    assert trainer.state.epoch == 2 and not os.listdir(tmp_path)
+    assert "could not draw the learning curves: ZeroDivisionError" in caplog.text

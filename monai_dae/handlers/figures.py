@@ -21,6 +21,15 @@ __all__ = ["FigureWriter", "LearningCurvesHandler", "SegmentationFiguresHandler"
 logger = logging.getLogger(__name__)
 
 
+def _never_raise(what: str, draw: Any, *args: Any) -> Any:
+    """Call ``draw(*args)``; a failure is logged as a warning: a figure must never end a training run."""
+    try:
+        return draw(*args)
+    except Exception as error:
+        logger.warning(f"could not draw {what}: {error!r}")
+        return None
+
+
 class FigureWriter:
     """
     Save figures as PNG files and, with a TensorBoard log directory, log them as images (``add_image``, RGB).
@@ -133,7 +142,7 @@ class LearningCurvesHandler:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+        engine.add_event_handler(Events.COMPLETED, lambda e: _never_raise("the learning curves", self.write, e))
         if self.validator is not None:
             self.validator.add_event_handler(Events.EPOCH_COMPLETED, self._record_validation)
 
@@ -180,7 +189,7 @@ class LearningCurvesHandler:
             value = _scalar(value)
             if value is not None:
                 self.train.setdefault(key, {})[epoch] = value
-        self.write(engine)
+        _never_raise("the learning curves", self.write, engine)
 
     def _record_validation(self, validator: Engine) -> None:
         epoch = self._trainer.state.epoch if self._trainer is not None else validator.state.epoch
@@ -298,7 +307,7 @@ class SegmentationFiguresHandler:
         """
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._capture)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: _never_raise("the segmentation figures", self._write, e))
 
     def _reset(self, engine: Engine) -> None:
         self._case = None
