@@ -53,6 +53,7 @@ demo: sample-data
 	&& echo "Best model ($(METHOD), by its validation metric): $(DEMO_DIR)/models/model.pt" \
 	&& echo "Resumable checkpoints:         $(DEMO_DIR)/checkpoints/" \
 	&& echo "Validation previews:           $$(ls -d $(DEMO_DIR)/previews/* | tail -1)" \
+	&& echo "Learning curves:               $(DEMO_DIR)/figures/learning_curves.png" \
 	&& echo "TensorBoard:                   $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/tensorboard --host 127.0.0.1"
 
 clean:
