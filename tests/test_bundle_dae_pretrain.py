@@ -162,6 +162,10 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
     assert trainer.metric_cmp_fn(0.1, 0.2) and not evaluator.metric_cmp_fn(0.2, 0.1)
     assert evaluator.state.best_metric == pytest.approx(evaluator.state.metrics["val_l1"])
     workflow.finalize()
+    # the learning curves continue the first run's: epoch 1 read back from learning_curves.json, then epoch 2
+    curves = json.loads((root / "runs" / "figures" / "learning_curves.json").read_text())
+    assert curves["validation"]["val_l1"]["1"] == pytest.approx(trained["val_metrics"]["val_l1"])
+    assert sorted(curves["train"]["loss_cmcl"]) == ["1", "2"] and sorted(curves["validation"]["val_psnr"]) == ["1", "2"]
 
 
 def test_train_and_evaluate_overlay_reproduces_validation_l1(trained):
