@@ -104,3 +104,20 @@ def record_epoch_starts(workflow: ConfigWorkflow) -> tuple[list[int], list[dict]
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: best_at_start.append(best_model_saver.state_dict()))
     return started, best_at_start
+
+
+def assert_png(path, min_size: tuple[int, int] = (300, 200)) -> tuple[int, int]:
+    """
+    Assert that ``path`` is a complete PNG figure of at least ``min_size`` pixels (width, height).
+
+    Returns:
+        its size in pixels (width, height).
+    """
+    from PIL import Image
+
+    assert os.path.isfile(path), f"no figure {path}"
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        image.load()
+        assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1], (path, image.size)
+        return image.size

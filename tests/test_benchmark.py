@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from bundle_testing import REPO, tool_command, tool_env
+from bundle_testing import REPO, assert_png, tool_command, tool_env
 
 SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inference")
 ROW_KEYS = {"section", "name", "value", "unit", "ratio", "reference", "note"}
@@ -29,6 +29,7 @@ def test_benchmark_quick(tmp_path):
     assert "ratio against" in proc.stdout and "DAE benchmark" in proc.stdout
 
     results = json.loads(output.read_text())
+    assert assert_png(tmp_path / "bench.png", (1000, 300))  # the ratios as a bar chart, next to the JSON file
     machine = results["machine"]
     for key in ("cpu_model", "cpu_cores", "torch", "monai", "gpu", "date", "load_average_start", "load_average_end"):
         assert key in machine

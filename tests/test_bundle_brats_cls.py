@@ -27,7 +27,7 @@ from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.networks import DAESwinUNETR, SwinClassifier
 from tools.brats_datalist import build as build_datalist
 
-from bundle_testing import REPO, cli_env, cli_overrides, record_epoch_starts
+from bundle_testing import REPO, assert_png, cli_env, cli_overrides, record_epoch_starts
 
 CONFIGS = REPO / "bundles" / "dae_brats_cls" / "configs"
 TRAIN = str(CONFIGS / "train.json")
@@ -127,6 +127,15 @@ def test_train_loads_adapted_weights_and_validates(trained):
     rows = _read_csv(root / "runs" / "val_predictions.csv")
     assert len(rows) == 2 and {r["label"] for r in rows} == {"HGG", "LGG"}
     assert list((root / "runs" / "tensorboard").glob("events.out.tfevents.*"))
+    figures = root / "runs" / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "learning_curves.json", "learning_curves.png", "val_confusion_matrix.png", "val_roc_curve.png"
+    ]
+    assert assert_png(figures / "learning_curves.png") == (3 * 400, 2 * 300)  # loss, val_auc, val_accuracy, val_balanced_accuracy
+    assert assert_png(figures / "val_roc_curve.png") == (500, 500)
+    assert assert_png(figures / "val_confusion_matrix.png") == (440, 440)
+    curves = json.loads((figures / "learning_curves.json").read_text())
+    assert curves["validation"]["val_auc"]["1"] == pytest.approx(metrics["val_auc"])
 
 
 def test_train_and_evaluate_writes_probabilities_and_confusion_matrix(trained):
@@ -150,6 +159,8 @@ def test_train_and_evaluate_writes_probabilities_and_confusion_matrix(trained):
     confusion = [r for r in csv.reader(open(root / "runs" / "eval" / "confusion_matrix.csv"))]
     assert confusion[0][1:] == ["HGG", "LGG"] and [r[0] for r in confusion[1:]] == ["HGG", "LGG"]
     assert sum(int(v) for r in confusion[1:] for v in r[1:]) == 2
+    for name in ("roc_curve.png", "confusion_matrix.png"):  # next to the CSV files
+        assert assert_png(root / "runs" / "eval" / name, (400, 400))
 
 
 def test_inference_writes_class_probabilities_per_subject(trained, sample):
@@ -343,9 +354,12 @@ def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     assert params["learning_rate"] == "0.0002" and params["batch_size"] == "2" and params["feature_size"] == "12"
     assert params["spatial_size"] == "[32, 32, 32]" and params["freeze_encoder"] == "False"
     assert params["class_names"] == "['HGG', 'LGG']" and params["max_epochs"] == "1"
-    (artifact,) = client.list_artifacts(run.info.run_id)
-    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
-    config = json.loads(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    (config_path,) = [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
+    assert artifacts - {config_path} == {
+        "learning_curves.png", "learning_curves.json", "val_roc_curve.png", "val_confusion_matrix.png"
+    }  # the run's figures
+    config = json.loads(Path(client.download_artifacts(run.info.run_id, config_path, str(tmp_path))).read_text())
     assert config["learning_rate"] == 2e-4 and config["spatial_size"] == [32, 32, 32]  # the merged config
 
     # the evaluate overlay records a run of its own (metrics, parameters, config) and ends it
@@ -362,8 +376,11 @@ def test_cli_training_with_mlflow_tracking(sample, tmp_path):
     assert {"val_auc", "val_accuracy", "val_balanced_accuracy"} <= set(evaluation.data.metrics)
     assert "train_loss" not in evaluation.data.metrics
     assert evaluation.data.params["learning_rate"] == "0.0002" and evaluation.data.params["fold"] == "0"
-    (artifact,) = client.list_artifacts(evaluation.info.run_id)
-    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    (config_path,) = [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
+    assert artifacts - {config_path} == {  # the evaluation's report: tables, metrics and figures
+        "predictions.csv", "metrics.json", "confusion_matrix.csv", "roc_curve.png", "confusion_matrix.png"
+    }
 
 
 @pytest.mark.extended

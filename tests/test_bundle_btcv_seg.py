@@ -24,7 +24,7 @@ from monai.networks.nets import SwinUNETR
 from monai_dae.data.phantoms import BTCV_ORGANS, write_sample_dataset
 from monai_dae.networks import DAESwinUNETR
 
-from bundle_testing import BTCV_TINY, REPO, cli_env, cli_overrides, record_epoch_starts
+from bundle_testing import BTCV_TINY, REPO, assert_png, cli_env, cli_overrides, record_epoch_starts
 
 BUNDLE = os.path.join(REPO, "bundles", "dae_btcv_seg")
 CONFIGS = os.path.join(BUNDLE, "configs")
@@ -73,6 +73,18 @@ def test_train(trained):
     assert os.path.isfile(os.path.join(trained, "runs", "checkpoints", "checkpoint_final.pt"))
     state = torch.load(os.path.join(trained, "models", "model.pt"), weights_only=True)
     assert state["out.conv.conv.weight"].shape[0] == 14  # a plain state dict, loadable by MONAI Label
+    figures = os.path.join(trained, "runs", "figures")
+    assert sorted(os.listdir(figures)) == [
+        "dice_per_organ.png", "dice_per_organ_best.png", "learning_curves.json", "learning_curves.png",
+        "overlay.png", "overlay_best.png",
+    ]  # the only validation is the best one
+    assert assert_png(os.path.join(figures, "learning_curves.png")) == (3 * 400, 300)  # loss, mean Dice, per organ
+    with open(os.path.join(figures, "learning_curves.json")) as f:
+        curves = json.load(f)
+    assert set(curves["train"]) == {"loss"} and "val_mean_dice" in curves["validation"]
+    assert len([k for k in curves["validation"] if k.startswith("val_dice_")]) == 13
+    assert assert_png(os.path.join(figures, "overlay.png")) == (640, 960)
+    assert assert_png(os.path.join(figures, "dice_per_organ.png"), (800, 400))[1] == 400
 
 
 @pytest.mark.slow
@@ -81,8 +93,17 @@ def test_train_evaluate(trained, data):
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
+    figure_handler = workflow.parser.get_parsed_content("validate#handlers")[-1]
+    drawn = figure_handler.dice(workflow.parser.get_parsed_content("validate#evaluator").state.metrics)
     workflow.finalize()
     eval_dir = os.path.join(trained, "eval")
+    assert sorted(figure_handler.written) == [os.path.join(eval_dir, "figures", n) for n in ("dice_per_organ.png", "overlay.png")]
+    assert assert_png(os.path.join(eval_dir, "figures", "overlay.png")) == (640, 960)
+    with open(os.path.join(eval_dir, "val_mean_dice_raw.csv")) as f:
+        per_class = [float(v) for v in list(csv.reader(f))[1][1:14]]  # the one case's Dice per organ
+    assert list(drawn) == figure_handler.organs
+    finite = [(a, b) for a, b in zip(drawn.values(), per_class) if np.isfinite(a) and np.isfinite(b)]
+    assert finite and all(a == pytest.approx(b, abs=1e-4) for a, b in finite)  # the bars are the per-organ Dice
     with open(os.path.join(eval_dir, "metrics.csv")) as f:
         metrics = dict(csv.reader(f, delimiter=","))
     assert set(metrics) == {"val_mean_dice", "val_mean_dice_orig_space"}
@@ -128,6 +149,10 @@ def test_resume_continues_from_the_latest_checkpoint(trained, data, tmp_path):
     previous = torch.load(os.path.join(trained, "runs", "checkpoints", "checkpoint_final.pt"), weights_only=True)
     ((score, _),) = previous["best_model_saver"]["_saved"]
     assert best_at_start == [previous["best_model_saver"]] and 0 <= score <= 1
+    # the learning curves of the resumed run start with the first run's epoch
+    with open(root / "runs" / "figures" / "learning_curves.json") as f:
+        curves = json.load(f)
+    assert sorted(curves["train"]["loss"]) == ["1", "2"] and sorted(curves["validation"]["val_mean_dice"]) == ["1", "2"]
 
 
 @pytest.mark.extended
@@ -160,9 +185,13 @@ def test_cli_training_with_mlflow_tracking(data, tmp_path):
     assert params["learning_rate"] == "0.0002" and params["feature_size"] == "12" and params["max_epochs"] == "1"
     assert params["roi_size"] == str(ROI) and params["pretrained_path"] == "" and params["stem"] == "patch"
     assert params["pixdim"] == "[1.5, 1.5, 2.0]" and params["hu_window"] == "[-175, 250]"
-    (artifact,) = client.list_artifacts(run.info.run_id)
-    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
-    config = json.loads(open(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read())
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    (config_path,) = [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
+    assert artifacts - {config_path} == {
+        "learning_curves.png", "learning_curves.json", "dice_per_organ.png", "dice_per_organ_best.png", "overlay.png",
+        "overlay_best.png",
+    }  # the run's figures
+    config = json.loads(open(client.download_artifacts(run.info.run_id, config_path, str(tmp_path))).read())
     assert config["learning_rate"] == 2e-4 and config["roi_size"] == ROI  # the merged config
 
 

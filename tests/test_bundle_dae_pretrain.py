@@ -22,7 +22,7 @@ from monai.networks.nets import SwinUNETR
 
 from monai_dae.data.phantoms import write_sample_dataset
 
-from bundle_testing import DAE_TRAIN, REPO, cli_env, cli_overrides, config_arg, record_epoch_starts
+from bundle_testing import DAE_TRAIN, REPO, assert_png, cli_env, cli_overrides, config_arg, record_epoch_starts
 
 CONFIGS = REPO / "bundles" / "dae_pretrain" / "configs"
 TRAIN = DAE_TRAIN
@@ -108,14 +108,22 @@ def test_train_writes_checkpoints_previews_and_tensorboard(trained):
     assert checkpoints == ["checkpoint_epoch=1.pt", "checkpoint_final.pt"]  # the epoch checkpoint, then the last
     resumable = torch.load(root / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resumable)
-    previews = list((root / "runs" / "previews").rglob("*.png"))
-    assert previews
-    from PIL import Image
-
-    image = np.asarray(Image.open(previews[0]))
-    # columns clean | disrupted | reconstructed, rows axial | coronal | sagittal, tiles of the 64^3 crop
-    assert image.shape == (3 * 64, 3 * 64)
+    previews = sorted(p.name for p in (root / "runs" / "previews").rglob("*.png"))
+    assert previews == ["preview_epoch0001.png"]
+    # one row per modality (3 of the 5 validation files, one per modality), 3 panels x 3 planes of 260 px each
+    assert assert_png(root / "runs" / "previews" / previews[0]) == (9 * 260, 3 * 260)
     assert list((root / "runs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_train_writes_learning_curves(trained):
+    figures = trained["root"] / "runs" / "figures"
+    # loss, loss_cmcl, loss_l1, val_l1, val_psnr, val_ssim: 2 rows of 3 subplots
+    assert assert_png(figures / "learning_curves.png") == (3 * 400, 2 * 300)
+    curves = json.loads((figures / "learning_curves.json").read_text())
+    assert set(curves["train"]) == {"loss", "loss_l1", "loss_cmcl"}
+    assert curves["train"]["loss_cmcl"]["1"] == pytest.approx(trained["train_metrics"]["epoch_loss_cmcl"])
+    assert set(curves["validation"]) == {"val_l1", "val_psnr", "val_ssim"}
+    assert curves["validation"]["val_l1"]["1"] == pytest.approx(trained["val_metrics"]["val_l1"])
 
 
 def test_saved_model_backbone_loads_into_stock_swin_unetr(trained):
@@ -154,6 +162,10 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
     assert trainer.metric_cmp_fn(0.1, 0.2) and not evaluator.metric_cmp_fn(0.2, 0.1)
     assert evaluator.state.best_metric == pytest.approx(evaluator.state.metrics["val_l1"])
     workflow.finalize()
+    # the learning curves continue the first run's: epoch 1 read back from learning_curves.json, then epoch 2
+    curves = json.loads((root / "runs" / "figures" / "learning_curves.json").read_text())
+    assert curves["validation"]["val_l1"]["1"] == pytest.approx(trained["val_metrics"]["val_l1"])
+    assert sorted(curves["train"]["loss_cmcl"]) == ["1", "2"] and sorted(curves["validation"]["val_psnr"]) == ["1", "2"]
 
 
 def test_train_and_evaluate_overlay_reproduces_validation_l1(trained):
@@ -171,7 +183,8 @@ def test_train_and_evaluate_overlay_reproduces_validation_l1(trained):
     assert (root / "eval" / "val_l1_raw.csv").is_file()
     rows = (root / "eval" / "val_l1_raw.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 5  # header + one row per validation file
-    assert list((root / "eval" / "previews").glob("*.png"))
+    previews = sorted((root / "eval" / "previews").glob("*.png"))
+    assert len(previews) == 5 and all(assert_png(p) == (9 * 260, 260) for p in previews)  # one row per file
 
 
 def test_inference_writes_reconstructions_aligned_with_the_inputs(trained, sample):
@@ -263,9 +276,11 @@ def test_cli_training_on_a_user_datalist_with_mlflow_tracking(sample, tmp_path):
     assert params["feature_size"] == "12" and params["batch_size"] == "2" and params["roi_size"] == "[64, 64, 64]"
     assert params["mask_ratio"] == "0.6" and params["noise_variance"] == "0.1" and params["cmcl_weight"] == "0.05"
     assert params["datalist"] == str(datalist) and params["stem"] == "patch"
-    (artifact,) = client.list_artifacts(runs[0].info.run_id)
-    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")
-    config = json.loads(Path(client.download_artifacts(runs[0].info.run_id, artifact.path, str(tmp_path))).read_text())
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    (config_path,) = [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
+    # the figures (learning curves, previews) are artifacts of the run too
+    assert artifacts - {config_path} == {"learning_curves.png", "learning_curves.json", "preview_epoch0001.png"}
+    config = json.loads(Path(client.download_artifacts(runs[0].info.run_id, config_path, str(tmp_path))).read_text())
     assert config["feature_size"] == 12 and config["datalist"] == str(datalist)  # the merged, executed config
 
 

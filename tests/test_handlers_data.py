@@ -21,7 +21,6 @@ from monai_dae.handlers import (
     LossComponentsHandler,
     ReconstructionPreviewHandler,
     SetRandomStateHandler,
-    preview_grid,
     scalars_from_output,
     track_evaluation,
     track_hyper_parameters,
@@ -140,33 +139,10 @@ def test_set_random_state_handler_accepts_a_list():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# preview_grid and ReconstructionPreviewHandler
+# ReconstructionPreviewHandler
 # --------------------------------------------------------------------------------------------------------------
 
-VOLUME_SHAPE = (8, 10, 12)  # planes 8x10 (axial), 8x12 (coronal), 10x12 (sagittal): tiles of 12x12
-
-
-def test_preview_grid_shape_and_dtype():
-    rng = np.random.default_rng(0)
-    volumes = [rng.normal(size=VOLUME_SHAPE).astype(np.float32) for _ in range(3)]
-    grid = preview_grid(volumes)
-    assert grid.dtype == np.uint8
-    assert grid.shape == (3 * 12, 3 * 12)  # rows: 3 planes; columns: 3 volumes
-    assert grid.min() == 0 and grid.max() == 255  # percentile scaling of the first volume, clipped
-
-
-def test_preview_grid_display_range_and_planes():
-    ones = np.ones(VOLUME_SHAPE, np.float32)
-    grid = preview_grid([ones, 0.5 * ones], display_range=(0.0, 1.0))
-    assert grid.shape == (36, 24)
-    left, right = grid[:, :12], grid[:, 12:]
-    # each tile holds its plane, rotated, padded with zeros: 8*10 + 8*12 + 10*12 pixels per column
-    assert int((left == 255).sum()) == 8 * 10 + 8 * 12 + 10 * 12
-    assert int((right == 127).sum()) == 8 * 10 + 8 * 12 + 10 * 12
-    assert int((left == 0).sum()) == 36 * 12 - (8 * 10 + 8 * 12 + 10 * 12)
-    # the axial tile shows a rotated 8x10 plane: 10 rows, 8 columns
-    axial = left[:12]
-    assert np.argwhere(axial == 255).max(axis=0).tolist() == [9, 7]
+VOLUME_SHAPE = (8, 10, 12)
 
 
 def _preview_batches(num: int, batch: int = 2):
@@ -199,15 +175,40 @@ def test_preview_handler_writes_epoch_pngs(tmp_path):
     files = sorted(glob.glob(str(out_dir / "*.png")))
     assert [os.path.basename(f) for f in files] == ["preview_epoch0002.png", "preview_epoch0004.png"]
     assert handler.written == [str(out_dir / "preview_epoch0002.png"), str(out_dir / "preview_epoch0004.png")]
-    first = batches[0]
-    expected = preview_grid([first["label"][0][0, 0].numpy(), first["image"][0, 0].numpy(), first["pred"][0][0, 0].numpy()])
     for path in files:
         with Image.open(path) as image:
-            assert image.format == "PNG" and image.mode == "L"
-            assert image.size == (3 * 12, 3 * 12)  # clean | disrupted | reconstructed, three planes
-            # the first sample of the first batch of the epoch, so successive previews show the same case
-            assert np.array_equal(np.asarray(image), expected)
+            assert image.format == "PNG" and image.mode == "RGBA"
+            # 3 samples (no modality labels: the first ones of the epoch) x 3 panels x 3 planes of 2.6 in at dpi 100
+            assert image.size == (9 * 260, 3 * 260)
     assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+
+
+def test_preview_handler_keeps_one_sample_per_modality(tmp_path, monkeypatch):
+    import monai_dae.figures as figures
+
+    drawn = []
+    original = figures.reconstruction_preview_figure
+    monkeypatch.setattr(figures, "reconstruction_preview_figure", lambda *a, **k: drawn.append((a, k)) or original(*a, **k))
+    handler = ReconstructionPreviewHandler(str(tmp_path), modalities=["ct", "t1", "t2"], max_samples=3)
+    batches = _preview_batches(3)
+    for batch, labels in zip(batches, ([0, 0], [0, 2], [1, 2])):
+        batch["modality_label"] = torch.tensor(labels)
+
+    def process(engine, batch):
+        engine.state.output = {k: v for k, v in batch.items() if k != "modality_label"}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        return engine.state.output
+
+    engine = _engine_with_iteration_events(process)
+    handler.attach(engine)
+    engine.run(batches, max_epochs=1)
+    (args, _), = drawn
+    samples, panels, row_labels = args[:3]
+    assert row_labels == ["CT", "T2", "T1"]  # the first sample of each modality, in the order met
+    assert panels == ["clean", "disrupted", "reconstructed"]
+    # T2 is sample 1 of batch 1: its clean volume is the first item of the target tuple
+    np.testing.assert_array_equal(samples[1][0], batches[1]["label"][0][1, 0].numpy())
+    np.testing.assert_array_equal(samples[2][1], batches[2]["image"][0, 0].numpy())
 
 
 def test_preview_handler_iteration_level_names_files_after_sources(tmp_path):
@@ -219,7 +220,7 @@ def test_preview_handler_iteration_level_names_files_after_sources(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["recon_case_a.png", "recon_case_b.png"]
     for name in ("recon_case_a.png", "recon_case_b.png"):
         with Image.open(tmp_path / name) as image:
-            assert image.size == (2 * 12, 3 * 12)
+            assert image.size == (2 * 3 * 260, 260)  # one sample: 2 panels x 3 planes
 
 
 def test_preview_handler_iteration_level_without_names(tmp_path):

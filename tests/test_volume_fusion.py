@@ -21,7 +21,7 @@ from monai_dae.losses.fusion import VolumeFusionLoss
 from monai_dae.transforms.fusion import RandVolumeFusion, RandVolumeFusiond
 from monai_dae.utils import training_config_files
 
-from bundle_testing import BTCV_TINY, REPO, cli_env, cli_overrides, config_arg
+from bundle_testing import BTCV_TINY, REPO, assert_png, cli_env, cli_overrides, config_arg
 
 PRETRAIN = REPO / "bundles" / "dae_pretrain"
 
@@ -101,6 +101,11 @@ def test_volume_fusion_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_pa
     assert state["out.conv.conv.weight"].shape[:2] == (5, 12)  # the 5-class fusion head
     assert not any(k.startswith("projection_head.") for k in state)
     assert [p.name for p in (runs / "previews").glob("*.png")] == ["preview_epoch0001.png"]
+    # fused | fusion classes | predicted for one validation file per modality (3 rows)
+    assert assert_png(runs / "previews" / "preview_epoch0001.png") == (9 * 260, 3 * 260)
+    curves = json.loads((runs / "figures" / "learning_curves.json").read_text())
+    assert set(curves["train"]) == {"loss", "loss_ce", "loss_dice"} and set(curves["validation"]) == {"val_mean_dice"}
+    assert assert_png(runs / "figures" / "learning_curves.png") == (3 * 400, 2 * 300)
 
     btcv = tmp_path / "btcv"
     finetune = _bundle_run(

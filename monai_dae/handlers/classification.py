@@ -84,7 +84,10 @@ class ClassificationReport:
     - ``<prefix>predictions.csv``: ``subject, label, predicted, prob_<class>...`` (label empty when unknown);
     - with ``with_metrics`` and known labels: ``<prefix>confusion_matrix.csv`` (rows: true class, columns:
       predicted class) and ``<prefix>metrics.json`` (accuracy, balanced accuracy, ROC AUC, per-class recall,
-      confusion matrix), and log the metrics.
+      confusion matrix), and log the metrics;
+    - with ``figures`` and known labels, into ``figures_dir`` (default ``output_dir``, next to the CSV files):
+      ``<prefix>roc_curve.png`` (AUC in the legend) and ``<prefix>confusion_matrix.png`` (counts, class names),
+      also to TensorBoard with ``log_dir``.
 
     Works with batched (``decollate=False``) and decollated engine outputs; under torch.distributed the rows of
     all ranks are gathered and rank 0 writes the files. Duplicate subjects (from an evenly divisible
@@ -99,6 +102,9 @@ class ClassificationReport:
         prefix: file name prefix.
         with_metrics: also write the confusion matrix and the metrics when labels are known.
         activation: "softmax" (the output holds logits) or "none" (it holds probabilities).
+        figures: also draw the ROC curve and the confusion matrix (:py:mod:`monai_dae.figures`).
+        figures_dir: folder of the figures; None: ``output_dir``.
+        log_dir: TensorBoard log directory of the figures, or None.
     """
 
     def __init__(
@@ -111,6 +117,9 @@ class ClassificationReport:
         prefix: str = "",
         with_metrics: bool = True,
         activation: str = "softmax",
+        figures: bool = True,
+        figures_dir: str | None = None,
+        log_dir: str | None = None,
     ) -> None:
         if activation not in ("softmax", "none"):
             raise ValueError(f"activation must be 'softmax' or 'none', got '{activation}'.")
@@ -124,6 +133,11 @@ class ClassificationReport:
         self.activation = activation
         self.rows: list[tuple[str, int, list[float]]] = []
         self.metrics: dict[str, Any] = {}
+        self.figures = figures
+        self.figures_dir = figures_dir or output_dir
+        self.log_dir = log_dir
+        self._figure_writer = None
+        self.written_figures: list[str] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -194,11 +208,36 @@ class ClassificationReport:
             writer.writerow(["true \\ predicted", *self.class_names])
             for name, counts in zip(self.class_names, self.metrics["confusion_matrix"]):
                 writer.writerow([name, *counts])
+        if self.figures:
+            self._draw(labels, np.asarray([p for _, p in labelled]), engine.state.epoch if engine is not None else 0)
         logger.info(
             f"{len(labels)} subjects: accuracy {self.metrics['accuracy']:.4f}, balanced accuracy "
             f"{self.metrics['balanced_accuracy']:.4f}, AUC {self.metrics['auc']:.4f}, confusion matrix "
             f"{self.metrics['confusion_matrix']} (rows: true {self.class_names})"
         )
+
+    def _draw(self, labels: list[int], probabilities: np.ndarray, step: int) -> None:
+        """The ROC curve and the confusion matrix of the run; a drawing error is logged, never raised."""
+        from monai_dae.figures import confusion_matrix_figure, roc_curve_figure
+        from monai_dae.handlers.figures import FigureWriter
+
+        if self._figure_writer is None:
+            self._figure_writer = FigureWriter(self.log_dir)
+        title = f"{self.prefix.rstrip('_') or 'evaluation'}, epoch {step}, {len(labels)} subjects"
+        try:
+            figures = {
+                "roc_curve": roc_curve_figure(labels, probabilities, self.class_names, f"ROC curve ({title})"),
+                "confusion_matrix": confusion_matrix_figure(
+                    self.metrics["confusion_matrix"], self.class_names, f"confusion matrix ({title})"
+                ),
+            }
+            for name, figure in figures.items():
+                path = os.path.join(self.figures_dir, f"{self.prefix}{name}.png")
+                self._figure_writer(figure, path, f"figures/{self.prefix}{name}", step)
+                if path not in self.written_figures:
+                    self.written_figures.append(path)
+        except Exception as error:  # a figure must never stop a training run
+            logger.warning(f"could not draw the classification figures: {error!r}")
 
 
 class HeadNormRecalibration:

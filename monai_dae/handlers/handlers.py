@@ -226,51 +226,17 @@ def _volume(value: Any, index: int = 0) -> np.ndarray:
     return array
 
 
-def preview_grid(
-    volumes: Sequence[np.ndarray],
-    display_range: tuple[float, float] | None = None,
-    column_ranges: Sequence[tuple[float, float] | None] | None = None,
-) -> np.ndarray:
-    """
-    Mid slices of 3D volumes in the three planes: one column per volume, rows axial, coronal, sagittal, scaled
-    with one display range (default the 0.5-99.5 percentiles of the first volume) unless a column has its own.
-
-    Args:
-        volumes: volumes of one shape (X, Y, Z).
-        display_range: (low, high) intensity mapped to black and white.
-        column_ranges: per-column (low, high) overriding ``display_range`` where not None (e.g. (0, 4) for a
-            class map of 5 classes).
-
-    Returns:
-        a uint8 grey image (H, W).
-    """
-    shared = display_range or tuple(np.percentile(volumes[0], (0.5, 99.5)))
-    ranges = list(column_ranges or []) + [None] * len(volumes)
-    columns = []
-    for volume, column_range in zip(volumes, ranges):
-        low, high = column_range or shared
-        scale = 255.0 / max(high - low, 1e-6)
-        x, y, z = (s // 2 for s in volume.shape)
-        planes = [volume[:, :, z], volume[:, y, :], volume[x, :, :]]
-        size = max(max(p.shape) for p in planes)
-        tiles = []
-        for plane in planes:
-            tile = np.zeros((size, size), np.float32)
-            view = np.rot90(plane)
-            tile[: view.shape[0], : view.shape[1]] = view
-            tiles.append(tile)
-        columns.append(np.clip((np.concatenate(tiles, axis=0) - low) * scale, 0, 255).astype(np.uint8))
-    return np.concatenate(columns, axis=1)
-
-
 class ReconstructionPreviewHandler:
     """
-    Write reconstruction previews (for example clean | disrupted | reconstructed, mid slices in three planes)
-    as PNG files and to TensorBoard.
+    Write reconstruction previews as titled figures (:py:func:`monai_dae.figures.reconstruction_preview_figure`):
+    per sample one row of panels (for example clean | disrupted | reconstructed), each panel's mid slices in the
+    axial, coronal and sagittal planes, every axis titled ``"<modality> · <panel> · <plane>"``; PNG files, and
+    TensorBoard images with ``log_dir``.
 
-    The batch is captured right after the forward pass (before any post-processing). At epoch level the first
-    batch of every ``interval``-th epoch is written (its first sample), so successive previews show the same
-    case; at iteration level every sample is written, named after its source file.
+    The outputs are captured right after the forward pass (before any post-processing). At epoch level, every
+    ``interval``-th epoch writes one figure of up to ``max_samples`` samples, the first ones of the epoch, one
+    per modality when the batch carries modality labels (``modality_key``), so successive previews show the same
+    cases; at iteration level every sample gets its own figure (one row), named after its source file.
 
     Args:
         output_dir: directory of the PNG files (created if needed).
@@ -284,6 +250,10 @@ class ReconstructionPreviewHandler:
         name_key: batch key whose ``filename_or_obj`` metadata names the iteration-level previews.
         display_ranges: ``{title: (low, high)}`` for panels not shown in the first panel's intensity range
             (e.g. ``(0, 4)`` for the 5 classes of Volume Fusion).
+        modalities: modality names in label order (the bundle's ``modalities``), naming the rows; without them
+            a row is named after the label ("modality 2"), or "sample <i>" when the batch has no labels.
+        modality_key: batch key of the integer modality labels.
+        max_samples: samples (rows) of an epoch-level preview.
     """
 
     def __init__(
@@ -296,7 +266,12 @@ class ReconstructionPreviewHandler:
         prefix: str = "preview",
         name_key: str = "image",
         display_ranges: Mapping[str, Sequence[float]] | None = None,
+        modalities: Sequence[str] | None = None,
+        modality_key: str = "modality_label",
+        max_samples: int = 3,
     ) -> None:
+        from monai_dae.handlers.figures import FigureWriter
+
         self.output_dir = output_dir
         self.panels = dict(panels or {"clean": "label", "disrupted": "image", "reconstructed": "pred"})
         self.interval = max(1, int(interval))
@@ -308,8 +283,11 @@ class ReconstructionPreviewHandler:
         unknown = set(self.display_ranges) - set(self.panels)
         if unknown:
             raise ValueError(f"display_ranges for unknown panels {sorted(unknown)}; panels: {list(self.panels)}.")
-        self._writer = None
-        self._captured: list[np.ndarray] | None = None
+        self.modalities = list(modalities) if modalities is not None else None
+        self.modality_key = modality_key
+        self.max_samples = max(1, int(max_samples))
+        self._writer = FigureWriter(log_dir)
+        self._captured: list[tuple[str | None, list[np.ndarray]]] = []
         self.written: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -323,38 +301,54 @@ class ReconstructionPreviewHandler:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._write_epoch)
 
     def _reset(self, engine: Engine) -> None:
-        self._captured = None
+        self._captured = []
+
+    def _modality_names(self, engine: Engine, count: int) -> list[str | None]:
+        """The modality name of every sample of the batch, None where the batch has no modality labels."""
+        batch = engine.state.batch
+        labels = batch.get(self.modality_key) if isinstance(batch, Mapping) else None
+        if labels is None:
+            return [None] * count
+        labels = torch.as_tensor(labels).reshape(-1).tolist()
+        names: list[str | None] = []
+        for label in labels[:count]:
+            known = self.modalities is not None and 0 <= int(label) < len(self.modalities)
+            names.append(str(self.modalities[int(label)]).upper() if known else f"modality {int(label)}")
+        return names + [None] * (count - len(names))
 
     def _capture(self, engine: Engine) -> None:
         output = engine.state.output
-        if self.epoch_level:
-            if self._captured is None:
-                self._captured = [_volume(output[k]) for k in self.panels.values()]
-            return
         keys = list(self.panels.values())
         images = output[keys[0]]
+        images = images[0] if isinstance(images, (tuple, list)) else images
+        modalities = self._modality_names(engine, len(images))
+        if self.epoch_level:
+            seen = {name for name, _ in self._captured}
+            for index, modality in enumerate(modalities):
+                if len(self._captured) >= self.max_samples:
+                    return
+                if modality is not None and modality in seen:
+                    continue
+                seen.add(modality)
+                self._captured.append((modality, [_volume(output[k], index) for k in keys]))
+            return
         source = engine.state.batch.get(self.name_key) if isinstance(engine.state.batch, dict) else None
         names = source.meta.get("filename_or_obj") if hasattr(source, "meta") else None
         for index in range(len(images)):
             name = os.path.basename(str(names[index])).split(".")[0] if names else f"sample{engine.state.iteration}_{index}"
-            self._write([_volume(output[k], index) for k in keys], name, engine.state.iteration)
+            rows = [(modalities[index] or name, [_volume(output[k], index) for k in keys])]
+            self._write(rows, name, engine.state.iteration)
 
     def _write_epoch(self, engine: Engine) -> None:
-        if self._captured is not None:
-            self._write(self._captured, f"epoch{engine.state.epoch:04d}", engine.state.epoch)
+        if self._captured:
+            self._write(self._captured, f"epoch{engine.state.epoch:04d}", engine.state.epoch, f"epoch {engine.state.epoch}")
 
-    def _write(self, volumes: list[np.ndarray], name: str, step: int) -> None:
-        from PIL import Image
+    def _write(self, rows: list[tuple[str | None, list[np.ndarray]]], name: str, step: int, title: str = "") -> None:
+        from monai_dae.figures import reconstruction_preview_figure
 
-        grid = preview_grid(volumes, column_ranges=[self.display_ranges.get(title) for title in self.panels])
-        os.makedirs(self.output_dir, exist_ok=True)
+        labels = [label or f"sample {i}" for i, (label, _) in enumerate(rows)]
+        figure = reconstruction_preview_figure(
+            [volumes for _, volumes in rows], list(self.panels), labels, self.display_ranges, title or name
+        )
         path = os.path.join(self.output_dir, f"{self.prefix}_{name}.png")
-        Image.fromarray(grid).save(path)
-        self.written.append(path)
-        if self.log_dir is not None:
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(log_dir=self.log_dir)
-            self._writer.add_image(f"{self.prefix}/{' | '.join(self.panels)}", grid[None], step)
-            self._writer.flush()
+        self.written.append(self._writer(figure, path, f"{self.prefix}/{' | '.join(self.panels)}", step))

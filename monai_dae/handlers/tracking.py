@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 import json
 from typing import Any
 
 from monai.handlers import MLFlowHandler
 
-__all__ = ["track_hyper_parameters", "track_evaluation", "tunable_settings"]
+__all__ = ["track_hyper_parameters", "track_evaluation", "track_artifacts", "tunable_settings"]
 
 
 def _is_setting(value: Any) -> bool:
@@ -37,7 +37,31 @@ def tunable_settings(config: Mapping[str, Any] | str) -> dict[str, Any]:
     return {key: value for key, value in config.items() if not key.startswith("_") and _is_setting(value)}
 
 
-def track_hyper_parameters(handlers: Iterable[Any], executed_config: Mapping[str, Any] | str | bool | None) -> int:
+def track_artifacts(handlers: Iterable[Any], artifacts: str | Sequence[str] | None) -> int:
+    """
+    Add files or folders (e.g. the run's ``figures`` folder) to the artifacts of the ``MLFlowHandler`` objects of a
+    handler list: MLflow records them (a folder: every file in it, recursively) when the engine completes, so the
+    figures that handlers earlier in the list wrote by then reach the run. Paths that do not exist by then are
+    skipped by MLflow's handler. Without tracking the list holds no MLflow handler and nothing changes.
+
+    Args:
+        handlers: a handler list of the bundle.
+        artifacts: a path or paths; None adds nothing.
+
+    Returns:
+        the number of MLflow handlers updated.
+    """
+    paths = [artifacts] if isinstance(artifacts, str) else list(artifacts or [])
+    mlflow_handlers = [handler for handler in handlers if isinstance(handler, MLFlowHandler)]
+    for handler in mlflow_handlers:
+        current = [a for a in handler.artifacts if a is not None]
+        handler.artifacts = (*current, *(p for p in paths if p not in current))
+    return len(mlflow_handlers)
+
+
+def track_hyper_parameters(
+    handlers: Iterable[Any], executed_config: Mapping[str, Any] | str | bool | None, artifacts: str | Sequence[str] | None = None
+) -> int:
     """
     Give a bundle's settings to the ``MLFlowHandler`` objects that ``python -m monai.bundle run --tracking mlflow``
     appends to its handler lists, so that MLflow records them as run parameters when the run starts. MONAI's
@@ -50,10 +74,14 @@ def track_hyper_parameters(handlers: Iterable[Any], executed_config: Mapping[str
         handlers: a handler list of the bundle (e.g. ``train#handlers``).
         executed_config: the executed config's path, or the settings ``{name: value}`` themselves; anything
             else (``True``, ``False``, None: tracking without a saved config) records no parameters.
+        artifacts: files or folders recorded as artifacts when the run completes (:py:func:`track_artifacts`),
+            e.g. the run's figures folder.
 
     Returns:
         the number of MLflow handlers updated.
     """
+    handlers = list(handlers)
+    track_artifacts(handlers, artifacts)
     mlflow_handlers = [handler for handler in handlers if isinstance(handler, MLFlowHandler)]
     if isinstance(executed_config, Mapping):
         settings = dict(executed_config)
@@ -66,7 +94,7 @@ def track_hyper_parameters(handlers: Iterable[Any], executed_config: Mapping[str
     return len(mlflow_handlers)
 
 
-def track_evaluation(handlers: Iterable[Any], executed_config: Any) -> int:
+def track_evaluation(handlers: Iterable[Any], executed_config: Any, artifacts: str | Sequence[str] | None = None) -> int:
     """
     Make ``--tracking mlflow`` record a bundle's evaluation (the ``evaluate.json`` overlay) as one complete MLflow
     run. MONAI's default tracking settings give ``validate#evaluator`` the handler meant for validation inside a
@@ -81,10 +109,13 @@ def track_evaluation(handlers: Iterable[Any], executed_config: Any) -> int:
         handlers: the evaluator's handler list (``validate#handlers``), before the evaluator is built.
         executed_config: the path of the executed config that MONAI writes when tracking
             (``save_execute_config``); anything but a path (``True``, ``False``, None) logs no artifact.
+        artifacts: further files or folders recorded when the evaluation completes (the figures folder).
 
     Returns:
         the number of MLflow handlers updated.
     """
+    handlers = list(handlers)
+    track_artifacts(handlers, artifacts)
     mlflow_handlers = [handler for handler in handlers if isinstance(handler, MLFlowHandler)]
     track_hyper_parameters(mlflow_handlers, executed_config)
     for handler in mlflow_handlers:

@@ -52,6 +52,7 @@ def main(
     sw_cpu_shape: Sequence[int] | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    output_figure: str | None = None,
 ) -> dict[str, Any]:
     """
     Run the benchmark sections, print one table of ratios and the machine description, optionally save JSON.
@@ -75,6 +76,8 @@ def main(
         sw_cpu_shape: volume shape of the CPU sliding-window case.
         seed: seed of Python, NumPy and torch.
         progress: a progress bar over the sections (default: when stderr is a terminal).
+        output_figure: write a bar chart of the table's ratios (PNG) to this path; default next to
+            ``output_json`` (same name, ``.png``), none without ``output_json``.
 
     Returns:
         the results dictionary (also written to ``output_json``).
@@ -136,10 +139,7 @@ def main(
                "total_seconds": time.perf_counter() - t_start}
 
     print()
-    print(f"DAE benchmark, {machine['date']}: CPU {machine['cpu_model']} ({machine['cpu_cores']} cores, "
-          f"{machine['torch_threads']} torch threads), GPU {machine['gpu']}, torch {machine['torch']}, "
-          f"MONAI {machine['monai']}; device {dev}; load average {machine['load_average_start'][0]:.2f} -> "
-          f"{machine['load_average_end'][0]:.2f}")
+    print(machine_title(machine, dev))
     print(f"train step: feature size {s.feature_size}, {s.roi}^3 crops, batch {s.batch_size}, "
           f"{s.warmup} warm-up + {s.iters} timed (median){'; QUICK sizes' if s.quick else ''}; "
           f"torch.compile {'on' if allow_compile else 'off'}")
@@ -147,4 +147,45 @@ def main(
     print(f"total {results['total_seconds']:.1f} s")
     if output_json:
         write_json(results, output_json)
+    if output_figure is None and output_json:
+        output_figure = os.path.splitext(output_json)[0] + ".png"
+    if output_figure:
+        results["figure"] = write_figure(report.rows, machine_title(machine, dev), output_figure)
     return results
+
+
+def machine_title(machine: dict[str, Any], device: torch.device) -> str:
+    """
+    Args:
+        machine: the machine description (``machine_description``, with ``load_average_end``).
+        device: the measured device.
+
+    Returns:
+        the one-line description of the machine printed above the table and written on the figure.
+    """
+    return (f"DAE benchmark, {machine['date']}: CPU {machine['cpu_model']} ({machine['cpu_cores']} cores, "
+            f"{machine['torch_threads']} torch threads), GPU {machine['gpu']}, torch {machine['torch']}, "
+            f"MONAI {machine['monai']}; device {device}; load average {machine['load_average_start'][0]:.2f} -> "
+            f"{machine['load_average_end'][0]:.2f}")
+
+
+def write_figure(rows: Sequence[dict[str, Any]], title: str, path: str) -> str | None:
+    """
+    Draw the ratios of the table (:py:func:`monai_dae.figures.plot_benchmark_ratios`) next to its JSON file.
+
+    Args:
+        rows: the table rows.
+        title: the machine description.
+        path: the PNG file.
+
+    Returns:
+        ``path``, or None when no row has a ratio.
+    """
+    from monai_dae.figures import plot_benchmark_ratios
+
+    if not any(row.get("ratio") is not None for row in rows):
+        print("no ratio measured: no figure")
+        return None
+    plot_benchmark_ratios(rows, path, title)
+    print(f"figure: {path}")
+    return path
