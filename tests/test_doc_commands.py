@@ -83,6 +83,7 @@ class Command:
     doc: str
     line: int
     text: str
+    cwd: str = ""  # set by an earlier `cd DIR` of the same block, as in a shell
 
     @property
     def id(self) -> str:
@@ -135,17 +136,20 @@ def commands_of(doc: str) -> list[Command]:
             buffer, start = "", None
         if buffer:
             logical.append((start, buffer.strip()))
-        current, depth = None, 0
+        current, depth, cwd = None, 0, ""
         for number, text in logical:
             if not text or text.startswith("#"):
                 continue
             current = (number, [text]) if current is None else (current[0], current[1] + [text])
             depth += _depth_change(text)
             if depth <= 0:
-                commands.append(Command(doc, current[0], "\n".join(current[1])))
+                commands.append(Command(doc, current[0], "\n".join(current[1]), cwd))
+                change = re.fullmatch(r"cd\s+(\S+)", _without_comments(commands[-1].text).strip())
+                if change:
+                    cwd = change.group(1)
                 current, depth = None, 0
         if current is not None:
-            commands.append(Command(doc, current[0], "\n".join(current[1])))
+            commands.append(Command(doc, current[0], "\n".join(current[1]), cwd))
     return commands
 
 
@@ -169,9 +173,9 @@ def _unquoted(text: str) -> str:
 
 
 def placeholders(command: Command) -> list[str]:
-    found = []
+    found, text = [], _without_comments(command.text)
     for pattern, what in PLACEHOLDERS:
-        subject = _unquoted(command.text) if what == "a <placeholder>" else command.text
+        subject = _unquoted(text) if what == "a <placeholder>" else text
         for match in pattern.finditer(subject):
             found.append(f"{what}: {match.group(0)!r}")
     return found
@@ -257,6 +261,8 @@ def _in_repo(path: str) -> Path | None:
 
 def input_paths(command: Command) -> list[Path]:
     found = []
+    if command.cwd:  # relative to another folder than the repository: not checked
+        return found
     for option, value in _options(command):
         if option in INPUT_OPTIONS:
             found += [p for p in map(_in_repo, _paths(value)) if p is not None]
@@ -265,6 +271,8 @@ def input_paths(command: Command) -> list[Path]:
 
 def output_roots(command: Command) -> list[Path]:
     roots = []
+    if command.cwd:
+        return roots
     for option, value in _options(command):
         if option in OUTPUT_OPTIONS:
             roots += [p for p in map(_in_repo, _paths(value)) if p is not None]
@@ -325,7 +333,7 @@ def run_quick(command: Command) -> tuple[int, str, float]:
         started = time.perf_counter()
         try:
             completed = subprocess.run(
-                ["bash", "-c", "set -eo pipefail\n" + command.text],
+                ["bash", "-c", "set -eo pipefail\n" + (f"cd {command.cwd}\n" if command.cwd else "") + command.text],
                 cwd=REPO,
                 env=_environment(),
                 capture_output=True,
