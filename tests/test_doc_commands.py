@@ -191,7 +191,8 @@ SLOW = [
     (re.compile(r"(^|[\s;&|(])curl\s"), "needs a running server"),
     (re.compile(r"tools\.benchmark\b"), "benchmark"),
     (re.compile(r"tools\.learning_check_\w+"), "learning check (tens of minutes)"),
-    (re.compile(r"download_large_files|monai\.bundle\s+download\b"), "downloads from the internet"),
+    (re.compile(r"(^|[\s;&|(/])(pip|pip3)\s+install\b|-m\s+pip\s+install\b|-m\s+venv\b"), "installs packages"),
+    (re.compile(r"download_large_files|monai\.bundle\s+download\b(?!.*--url\s+[\"']?file://)"), "downloads from the internet"),
     (re.compile(r"--stem\s+conv\b"), "needs the DAE authors' published weights (a download)"),
     (re.compile(r"DAE_SSL_WEIGHTS\.zip"), "needs the DAE authors' published weights (a download)"),
 ]
@@ -203,11 +204,20 @@ def slow_reason(command: Command) -> str | None:
     for pattern, reason in SLOW:
         if pattern.search(command.text):
             return reason
-    # one `monai.bundle run` without evaluate.json or inference.json (a loop may hold several) trains
+    for root in output_roots(command):
+        if any(root == protected or protected in root.parents for protected in PROTECTED):
+            return f"a step of make demo (writes into {root.relative_to(REPO)}; make demo runs it)"
+    if is_training(command):
+        return "training (monai.bundle run with the training configs)"
+    return None
+
+
+def is_training(command: Command) -> bool:
+    """One ``monai.bundle run`` without evaluate.json or inference.json (a loop may hold several) trains."""
     for segment in re.split(r"\n|;|&&|\|\|", _without_comments(command.text)):
         if re.search(r"monai\.bundle\s+run\b", segment) and not re.search(r"(evaluate|inference)\.json", segment):
-            return "training (monai.bundle run with the training configs)"
-    return None
+            return True
+    return False
 
 
 
@@ -216,12 +226,18 @@ INPUT_OPTIONS = {
     "--config_file", "--meta_file", "--pretrained_path", "--dataset_dir", "--data_dir", "--datalist", "--checkpoint",
     "--ckpt_file", "--image", "--csv", "--test_dir", "--bundle_path", "--model",
 }
-OUTPUT_OPTIONS = {"--output_dir", "--output", "--ckpt_dir", "--bundle_root", "--work_dir", "--filepath", "--app_dir"}
+OUTPUT_OPTIONS = {"--output_dir", "--output", "--ckpt_dir", "--bundle_root", "--work_dir", "--filepath", "--app_dir", "--bundle_dir"}
 
 
 def _loop_values(text: str) -> dict[str, str]:
     """``for f in 0 1 2`` -> {"f": "0"}: the static checks look at the loop's first iteration."""
     return {name: values.split()[0] for name, values in re.findall(r"\bfor\s+(\w+)\s+in\s+([^;\n]+)", text)}
+
+
+def _base(command: Command) -> Path:
+    """The folder the command's relative paths start from: the repository, or where a ``cd`` took it."""
+    change = re.match(r"\s*cd\s+(\S+)\s*&&", command.text)
+    return REPO / command.cwd / (change.group(1) if change else "")
 
 
 def _options(command: Command) -> list[tuple[str, str]]:
@@ -254,28 +270,32 @@ def _paths(value: str) -> list[str]:
     return [value]
 
 
-def _in_repo(path: str) -> Path | None:
-    resolved = Path(os.path.normpath(REPO / os.path.expanduser(path)))
+def _in_repo(path: str, base: Path = REPO) -> Path | None:
+    resolved = Path(os.path.normpath(base / os.path.expanduser(path)))
     return resolved if resolved == REPO or REPO in resolved.parents else None
 
 
 def input_paths(command: Command) -> list[Path]:
-    found = []
-    if command.cwd:  # relative to another folder than the repository: not checked
-        return found
+    found, base = [], _base(command)
     for option, value in _options(command):
         if option in INPUT_OPTIONS:
-            found += [p for p in map(_in_repo, _paths(value)) if p is not None]
+            found += [p for p in (_in_repo(v, base) for v in _paths(value)) if p is not None]
     return found
 
 
 def output_roots(command: Command) -> list[Path]:
-    roots = []
-    if command.cwd:
-        return roots
-    for option, value in _options(command):
+    roots, base, options = [], _base(command), dict(_options(command))
+    training = is_training(command)
+    for option, value in options.items():
+        # evaluation and inference read the model of --ckpt_dir, and write to --output_dir when it is given
+        if not training and (option == "--ckpt_dir" or option == "--bundle_root" and "--output_dir" in options):
+            continue
         if option in OUTPUT_OPTIONS:
-            roots += [p for p in map(_in_repo, _paths(value)) if p is not None]
+            roots += [p for p in (_in_repo(v, base) for v in _paths(value)) if p is not None]
+    # the data-list tools write next to the data unless told otherwise
+    for tool, data, output in (("brats_datalist", "--data_dir", "--output"), ("btcv_datalist", "--dataset_dir", "--output_dir")):
+        if f"tools.{tool}" in command.text and data in options and output not in options:
+            roots += [p for p in (_in_repo(v, base) for v in _paths(options[data])) if p is not None]
     return roots
 
 
