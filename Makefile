@@ -27,7 +27,7 @@ PRETRAIN_CONFIGS := "['bundles/dae_pretrain/configs/pretrain_base.json','bundles
 BTCV_ARGS := --dataset_dir $(BTCV_DATA) --bundle_root $(BTCV) --roi_size "[64,64,32]" $(DEMO_ARGS)
 BRATS_ARGS := --dataset_dir $(BRATS_DATA) --bundle_root $(BRATS) --spatial_size "[64,64,64]" $(DEMO_ARGS)
 
-.PHONY: install test test-extended demo demo-pretrain demo-btcv demo-brats verify-bundles sample-data clean monailabel-env test-monailabel
+.PHONY: install test test-extended test-docs demo demo-pretrain demo-btcv demo-brats verify-bundles sample-data clean monailabel-env test-monailabel
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ test: install
 # the slowest end-to-end checks (marker "extended"), kept out of the default suite
 test-extended: install
 	$(PY) -m pytest -q -m extended
+
+# every shell command of the docs, as written (marker "docs"): the quick ones run, the slow ones are checked
+# statically; needs the outputs of `make demo`
+test-docs: install
+	$(PY) -m pytest -q -m docs tests/test_demo_outputs.py tests/test_doc_commands.py
 
 monailabel-env: $(MONAILABEL_VENV)/.installed
 
