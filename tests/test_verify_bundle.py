@@ -2,6 +2,8 @@
 ``tools/verify_bundle.py``, the Model Zoo's checks on a bundle folder, and the publication path of a bundle's own
 weights: ``export_bundle --weights --weights_url`` declares ``models/model.pt`` in the packed ``large_files.yml``
 with its sha256; the unzipped bundle downloads it from there (a ``file://`` URL) and passes every check.
+The tests on an exported bundle are in the extended suite (``make test-extended``); ``make verify-bundles`` runs
+the same checks on the demo's weights in CI.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def published(tmp_path_factory):
     return {"root": work / "unzipped" / "dae_btcv_seg", "weights": weights}
 
 
+@pytest.mark.extended
 def test_the_packed_large_files_declare_the_weights_with_their_sha256(published):
     root = published["root"]
     entries = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
@@ -51,6 +54,7 @@ def test_the_packed_large_files_declare_the_weights_with_their_sha256(published)
     assert not (root / "models" / "model.pt").exists()  # declared, never packed
 
 
+@pytest.mark.extended
 def test_the_unzipped_bundle_downloads_its_weights_and_passes_the_zoo_checks(published, capsys):
     root = published["root"]
     model = yaml.safe_load((root / "large_files.yml").read_text())["large_files"][0]
@@ -64,6 +68,7 @@ def test_the_unzipped_bundle_downloads_its_weights_and_passes_the_zoo_checks(pub
     assert [line.split(": ", 1)[1].split(" ")[0] for line in lines] == ["folder", "version", "metadata", "network", "TorchScript", "all"]
 
 
+@pytest.mark.extended
 def test_a_present_file_with_another_hash_fails_the_folder_check(published, tmp_path):
     root = tmp_path / "bundle"
     shutil.copytree(published["root"], root)
@@ -90,6 +95,7 @@ def test_malformed_large_file_entries_are_named(tmp_path, entry, message):
         verify_directory(root)
 
 
+@pytest.mark.extended
 def test_a_version_without_changelog_entry_and_missing_weights_are_refused(published, tmp_path):
     root = tmp_path / "bundle"
     shutil.copytree(published["root"], root, ignore=shutil.ignore_patterns("*.pt"))
@@ -102,6 +108,7 @@ def test_a_version_without_changelog_entry_and_missing_weights_are_refused(publi
         verify_bundle(str(root), torchscript=False)
 
 
+@pytest.mark.extended
 def test_weights_of_another_network_size_fail_the_export_check(published, tmp_path):
     wrong = tmp_path / "model.pt"
     torch.save(SwinUNETR(in_channels=1, out_channels=14, feature_size=24).state_dict(), wrong)
