@@ -187,7 +187,7 @@ SLOW = [
     (re.compile(r"(^|[\s;&|(])make(\s|$)"), "a make target"),
     (re.compile(r"\bmlflow\s+(ui|server)\b"), "serves the MLflow UI"),
     (re.compile(r"(^|[\s;&|(/])tensorboard\s"), "serves TensorBoard"),
-    (re.compile(r"tools\.monailabel_serve\s+(serve|install)\b"), "MONAI Label server or its environment"),
+    (re.compile(r"tools\.monailabel_serve\s+(serve|install|setup_app)\b"), "MONAI Label server or its environment (make monailabel-env)"),
     (re.compile(r"(^|[\s;&|(])curl\s"), "needs a running server"),
     (re.compile(r"tools\.benchmark\b"), "benchmark"),
     (re.compile(r"tools\.learning_check_\w+"), "learning check (tens of minutes)"),
