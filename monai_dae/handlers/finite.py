@@ -11,7 +11,7 @@ iteration and the values in the message, before anything is saved.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -99,13 +99,26 @@ class RequireFiniteOutput:
         for key in self.keys:
             for item in items:
                 value = item.get(key) if isinstance(item, dict) else None
-                if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
-                    bad = int((~torch.isfinite(value)).sum())
+                for tensor in _tensors(value):
+                    if torch.isfinite(tensor).all():
+                        continue
+                    bad = int((~torch.isfinite(tensor)).sum())
                     raise NonFiniteError(
                         f"non-finite '{key}' at evaluation iteration {engine.state.iteration} ({bad} of "
-                        f"{value.numel()} values; input {_files(engine.state.batch)}): metrics computed on it would "
+                        f"{tensor.numel()} values; input {_files(engine.state.batch)}): metrics computed on it would "
                         "not be valid numbers. Check the model weights (a training run that diverged) and the input."
                     )
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a prediction: a tensor, or those of a tuple, list or dict of them (e.g. VoCo's embeddings)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
 
 
 def _files(batch: Any) -> list[str]:

@@ -2,3 +2,4 @@
 
 from monai_dae.losses.contrastive import CrossModalContrastiveLoss, DAELoss, gather_with_grad
 from monai_dae.losses.pretext import PretextLoss
+from monai_dae.losses.voco import VoCoLoss, overlap_prediction_error

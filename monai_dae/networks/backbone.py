@@ -96,8 +96,9 @@ class PretextSwinUNETR(SwinUNETR):
         projection_dim: size of the projected embedding; None builds no projection head.
     """
 
-    pretext_prefixes: tuple[str, ...] = ("projection_head.",)
-    """State-dict prefixes of the pretext-only heads that a stock ``SwinUNETR`` does not have."""
+    pretext_prefixes: tuple[str, ...] = ("projection_head.", "teacher.")
+    """State-dict prefixes of the pretext-only modules that a stock ``SwinUNETR`` does not have: the heads and
+    VoCo's EMA teacher."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Transforms of the DAE pretext: low-level disruptions, local masking and modality handling."""
+"""Transforms of the pretext tasks: DAE's low-level disruptions and local masking, VoCo's crops, and modality handling."""
 
 from monai_dae.transforms.array import (
     LocalMasking,
@@ -25,3 +25,4 @@ from monai_dae.transforms.modality import (
     canonical_modality,
     infer_modality,
 )
+from monai_dae.transforms.voco import RandVoCoCrops, RandVoCoCropsd, RandVoCoCropsD, RandVoCoCropsDict, overlap_labels
