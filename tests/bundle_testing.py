@@ -1,13 +1,14 @@
 """
-What the bundle and tool tests share: the repository root, the pretraining configs, the command-line form of bundle overrides, the
-environment of a ``python -m monai.bundle`` subprocess, the command line and environment of a
-``python -m tools.<name>`` one, the tiny ``dae_btcv_seg`` settings, and the probe that a resumed training uses
-to see where it started and which best score it brought back.
+What the bundle and tool tests share: the repository root, the pretraining configs, the command-line form of
+bundle overrides, a ``python -m monai.bundle run training`` subprocess and its environment, the command line and
+environment of a ``python -m tools.<name>`` one, the tiny ``dae_btcv_seg`` settings, and the probe that a
+resumed training uses to see where it started and which best score it brought back.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,6 +52,22 @@ def cli_overrides(**values) -> list[str]:
         the ``--key=value`` arguments.
     """
     return [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in values.items()]
+
+
+def bundle_training(config_file: str, **overrides) -> subprocess.CompletedProcess:
+    """
+    Run ``python -m monai.bundle run training`` as a user would, from the repository root.
+
+    Args:
+        config_file: the ``--config_file`` argument (one path, or :py:func:`config_arg` of several).
+        overrides: top-level config keys and their values (see :py:func:`cli_overrides`).
+
+    Returns:
+        the finished process, with its output captured as text.
+    """
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file,
+               *cli_overrides(**overrides)]
+    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
 
 
 def cli_env() -> dict[str, str]:

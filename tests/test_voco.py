@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from monai_dae.networks import PretextSwinUNETR, VoCoProjector, VoCoSwinUNETR
 from monai_dae.transforms import RandVoCoCrops, RandVoCoCropsd, overlap_labels
 from monai_dae.utils import training_config_files
 
-from bundle_testing import BTCV_TINY, REPO, cli_env, cli_overrides, config_arg
+from bundle_testing import BTCV_TINY, REPO, bundle_training, config_arg
 
 PRETRAIN = REPO / "bundles" / "dae_pretrain"
 
@@ -90,7 +88,7 @@ def test_dictionary_crops_add_the_input_and_target_keys():
     assert set(out) == {"image", "modality_label", "crops", "overlap"} and torch.equal(out["image"], data["image"])
     crops, labels = RandVoCoCrops(roi_size=32).set_random_state(3)(data["image"])
     assert torch.equal(out["crops"], crops) and torch.equal(out["overlap"], labels)
-    with pytest.raises(ValueError, match="one image key"):
+    with pytest.raises(ValueError, match="RandVoCoCropsd takes one image key"):
         RandVoCoCropsd(keys=["image", "label"])
 
 
@@ -210,19 +208,13 @@ def test_voco_encoder_loads_into_both_fine_tuning_bundles(tmp_path):
     assert overlay["voco_grid"] == 4 and overlay["voco_base_size"] == 96 and overlay["roi_size"] == [64, 64, 64]
 
 
-def _bundle_run(config_file: str, **overrides) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file,
-               *cli_overrides(**overrides)]
-    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_voco_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_path):
     """The docs' two commands at test size (a 2 x 2 grid of 64^3 base crops, no gradient checkpointing)."""
     sample = write_sample_dataset(str(tmp_path / "sample"), num_ct=2, num_brain=2, ct_shape=(64, 56, 40),
                                   brain_shape=(48, 48, 40), num_validation=1)
     runs = tmp_path / "voco"
-    pretrain = _bundle_run(
+    pretrain = bundle_training(
         config_arg(*training_config_files(str(PRETRAIN), "voco")), dataset_dir=sample["root"], output_dir=str(runs),
         ckpt_dir=str(runs / "models"), voco_grid=2, voco_base_size=64, feature_size=12, use_checkpoint=False,
         batch_size=1, max_epochs=1, cache_rate=0.0, num_workers=0, progress_bar=False,
@@ -239,7 +231,7 @@ def test_voco_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_path):
     assert not (runs / "previews").exists()
 
     btcv = tmp_path / "btcv"
-    finetune = _bundle_run(
+    finetune = bundle_training(
         str(REPO / "bundles" / "dae_btcv_seg" / "configs" / "train.json"), dataset_dir=sample["btcv_dir"],
         pretrained_path=str(runs / "models" / "model.pt"), bundle_root=str(btcv), roi_size=[64, 64, 32], **BTCV_TINY,
     )

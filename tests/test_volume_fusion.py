@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from monai_dae.losses.fusion import VolumeFusionLoss
 from monai_dae.transforms.fusion import RandVolumeFusion, RandVolumeFusiond
 from monai_dae.utils import training_config_files
 
-from bundle_testing import BTCV_TINY, REPO, assert_png, cli_env, cli_overrides, config_arg
+from bundle_testing import BTCV_TINY, REPO, assert_png, bundle_training, config_arg
 
 PRETRAIN = REPO / "bundles" / "dae_pretrain"
 
@@ -63,7 +61,7 @@ def test_dictionary_fusion_adds_the_input_and_target_keys():
     assert torch.equal(out["fused"], fused) and torch.equal(out["fusion_label"], label)
     with pytest.raises(ValueError, match="num_boxes"):
         RandVolumeFusion(num_boxes=(0, 4))
-    with pytest.raises(ValueError, match="one image key"):
+    with pytest.raises(ValueError, match="RandVolumeFusiond takes one image key"):
         RandVolumeFusiond(keys=["image", "label"])
 
 
@@ -77,19 +75,13 @@ def test_loss_is_half_dice_half_cross_entropy_with_named_terms():
     assert float(loss.components["loss_ce"]) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, label[:, 0])))
 
 
-def _bundle_run(config_file: str, **overrides) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file,
-               *cli_overrides(**overrides)]
-    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_volume_fusion_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_path):
     """The README's two commands at test size: Volume Fusion pretraining, then dae_btcv_seg from its model.pt."""
     sample = write_sample_dataset(str(tmp_path / "sample"), num_ct=2, num_brain=2, ct_shape=(64, 56, 40),
                                   brain_shape=(48, 48, 40), num_validation=1)
     runs = tmp_path / "vf"
-    pretrain = _bundle_run(
+    pretrain = bundle_training(
         config_arg(*training_config_files(str(PRETRAIN), "volume_fusion")), dataset_dir=sample["root"],
         output_dir=str(runs), ckpt_dir=str(runs / "models"), roi_size=[64, 64, 64], feature_size=12, max_epochs=1,
         cache_rate=0.0, num_workers=0, progress_bar=False,
@@ -108,7 +100,7 @@ def test_volume_fusion_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_pa
     assert assert_png(runs / "figures" / "learning_curves.png") == (3 * 400, 2 * 300)
 
     btcv = tmp_path / "btcv"
-    finetune = _bundle_run(
+    finetune = bundle_training(
         str(REPO / "bundles" / "dae_btcv_seg" / "configs" / "train.json"), dataset_dir=sample["btcv_dir"],
         pretrained_path=str(runs / "models" / "model.pt"), bundle_root=str(btcv), roi_size=[64, 64, 32], **BTCV_TINY,
     )

@@ -8,6 +8,7 @@ from monai_dae.transforms.array import (
     device_generator,
     simulate_low_resolution,
 )
+from monai_dae.transforms.batched import BatchedPretextd
 from monai_dae.transforms.dictionary import (
     RandAdditiveGaussianNoised,
     RandAdditiveGaussianNoiseD,

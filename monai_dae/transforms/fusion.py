@@ -6,14 +6,15 @@ and the network learns to segment 4 * alpha (5 classes) at every voxel.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms import Randomizable, Transform
 from monai.utils import TransformBackends, ensure_tuple_rep
+
+from monai_dae.transforms.batched import BatchedPretextd
 
 __all__ = ["RandVolumeFusion", "RandVolumeFusiond", "RandVolumeFusionD", "RandVolumeFusionDict"]
 
@@ -109,11 +110,12 @@ class RandVolumeFusion(Randomizable, Transform):
         return fused.to(batch.dtype), label
 
 
-class RandVolumeFusiond(Randomizable, MapTransform):
+class RandVolumeFusiond(BatchedPretextd):
     """
     Dictionary version of :py:class:`RandVolumeFusion` for batched dictionaries (the pretext transforms of
     :py:class:`monai_dae.engines.PretextPrepareBatch`): the images at ``keys`` are left as they are, the fused
-    images are written to ``fused_key`` and the classes to ``label_key``.
+    images are written to ``fused_key`` and the classes to ``label_key`` (see
+    :py:class:`monai_dae.transforms.batched.BatchedPretextd`).
 
     Args:
         keys: key of the clean image batch (one key).
@@ -137,33 +139,8 @@ class RandVolumeFusiond(Randomizable, MapTransform):
         num_classes: int = 5,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise ValueError(f"RandVolumeFusiond fuses one image key, got {self.keys}.")
-        self.fused_key = fused_key
-        self.label_key = label_key
-        self.fusion = RandVolumeFusion(num_boxes, box_size_min, box_size_max, num_classes)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandVolumeFusiond:
-        super().set_random_state(seed, state)
-        self.fusion.set_random_state(state=self.R)
-        return self
-
-    def randomize(self, data: Any = None) -> None:
-        """Boxes are drawn by the array transform, for the batch it is given."""
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """
-        Args:
-            data: a batched dictionary.
-
-        Returns:
-            a copy with the fused images and their classes added.
-        """
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.fused_key], d[self.label_key] = self.fusion(d[key])
-        return d
+        fusion = RandVolumeFusion(num_boxes, box_size_min, box_size_max, num_classes)
+        super().__init__(keys, fusion, (fused_key, label_key), allow_missing_keys)
 
 
 RandVolumeFusionD = RandVolumeFusionDict = RandVolumeFusiond

@@ -6,15 +6,16 @@ the fraction of the random crop that overlaps that base crop (its overlap label)
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms import Randomizable, Transform
 from monai.utils import TransformBackends, ensure_tuple_rep
+
+from monai_dae.transforms.batched import BatchedPretextd
 
 __all__ = ["overlap_labels", "RandVoCoCrops", "RandVoCoCropsd", "RandVoCoCropsD", "RandVoCoCropsDict"]
 
@@ -184,11 +185,12 @@ class RandVoCoCrops(Randomizable, Transform):
         return torch.stack(out) + shifts.view(-1, *([1] * (crops.ndim - 1)))
 
 
-class RandVoCoCropsd(Randomizable, MapTransform):
+class RandVoCoCropsd(BatchedPretextd):
     """
     Dictionary version of :py:class:`RandVoCoCrops` for batched dictionaries (the pretext transforms of
     :py:class:`monai_dae.engines.PretextPrepareBatch`): the sub-volumes at ``keys`` are left as they are, the crops
-    are written to ``crops_key`` and the overlap labels to ``label_key``.
+    are written to ``crops_key`` and the overlap labels to ``label_key`` (see
+    :py:class:`monai_dae.transforms.batched.BatchedPretextd`).
 
     Args:
         keys: key of the sub-volume batch (one key).
@@ -220,34 +222,10 @@ class RandVoCoCropsd(Randomizable, MapTransform):
         shift_offset: float = 0.1,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise ValueError(f"RandVoCoCropsd crops one image key, got {self.keys}.")
-        self.crops_key = crops_key
-        self.label_key = label_key
-        self.cropper = RandVoCoCrops(roi_size, grid, num_random_crops, augment, flip_prob, rot90_prob, shift_prob,
-                                     shift_offset)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandVoCoCropsd:
-        super().set_random_state(seed, state)
-        self.cropper.set_random_state(state=self.R)
-        return self
-
-    def randomize(self, data: Any = None) -> None:
-        """Crops are drawn by the array transform, for the batch it is given."""
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """
-        Args:
-            data: a batched dictionary.
-
-        Returns:
-            a copy with the crops and their overlap labels added.
-        """
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.crops_key], d[self.label_key] = self.cropper(d[key])
-        return d
+        cropper = RandVoCoCrops(
+            roi_size, grid, num_random_crops, augment, flip_prob, rot90_prob, shift_prob, shift_offset
+        )
+        super().__init__(keys, cropper, (crops_key, label_key), allow_missing_keys)
 
 
 RandVoCoCropsD = RandVoCoCropsDict = RandVoCoCropsd
