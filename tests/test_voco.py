@@ -78,6 +78,11 @@ def test_crops_are_resized_to_the_network_size_and_augmented_one_by_one():
         assert 1 <= k <= 3 and 0 < abs(shift) <= 0.1
         expected = crops[index].flip([1, 2, 3]).rot90(k, (1, 2)) + shift
         torch.testing.assert_close(augmented[index], expected)
+    odd = RandVoCoCrops(roi_size=32, augment=False).set_random_state(1)  # b = 33: crops span [c - 16, c + 17)
+    _, odd_labels = odd(torch.rand(1, 1, 132, 132, 33))
+    expected = overlap_labels(odd.centers.reshape(-1, 2) + 0.5, 33, 33, 4).reshape(1, 2, 16)
+    np.testing.assert_allclose(odd_labels.numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(odd_labels.sum(dim=2), torch.ones(1, 2))
     with pytest.raises(ValueError, match=r"\(G\*b, G\*b, b\)"):
         RandVoCoCrops(roi_size=32)(torch.rand(1, 1, 64, 64, 64))
 
@@ -208,7 +213,7 @@ def test_voco_encoder_loads_into_both_fine_tuning_bundles(tmp_path):
     assert overlay["voco_grid"] == 4 and overlay["voco_base_size"] == 96 and overlay["roi_size"] == [64, 64, 64]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_voco_pretraining_then_btcv_fine_tuning_from_its_weights(tmp_path):
     """The docs' two commands at test size (a 2 x 2 grid of 64^3 base crops, no gradient checkpointing)."""
     sample = write_sample_dataset(str(tmp_path / "sample"), num_ct=2, num_brain=2, ct_shape=(64, 56, 40),

@@ -170,7 +170,8 @@ class RandVoCoCrops(Randomizable, Transform):
             stacked = stacked.to(batch.dtype)
         if self.augment:
             stacked = self._augment(stacked)
-        labels = overlap_labels(self.centers.reshape(-1, 2), b, b, self.grid)
+        # the crops span [centre - b // 2, centre - b // 2 + b): their exact centres, also for an odd b
+        labels = overlap_labels(self.centers.reshape(-1, 2) - half + b / 2, b, b, self.grid)
         labels = torch.as_tensor(labels, device=batch.device).reshape(batch.shape[0], self.num_random_crops, -1)
         return stacked, labels
 
