@@ -12,8 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_dae.utils import training_config_files
 
@@ -68,6 +69,55 @@ def bundle_training(config_file: str, **overrides) -> subprocess.CompletedProces
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file,
                *cli_overrides(**overrides)]
     return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+
+
+def _swin_stage_features(swin: torch.nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the four Swin stages of a (v1) ``SwinTransformer`` for given patch-embedding tokens."""
+    features, x = [], tokens
+    for stage in (swin.layers1, swin.layers2, swin.layers3, swin.layers4):
+        x = stage[0](x.contiguous())
+        features.append(x)
+    return features
+
+
+def assert_encoder_loads_into_fine_tuning_bundles(source: torch.nn.Module, tmp_path: Path) -> dict:
+    """
+    Save a pretraining network's state dict as a ``model.pt`` and load it through ``pretrained_path`` into both
+    fine-tuning bundles (at feature size 12): every ``swinViT.*`` tensor must load (layout ``dae_bundle``), and the
+    loaded Swin stages must compute the source's features on the same patch-embedding tokens (the classifier's
+    patch embedding takes 4 channels, so the stages are compared from the tokens on).
+
+    Args:
+        source: the pretraining network (``network_def`` of a pretraining overlay at feature size 12).
+        tmp_path: folder for the ``model.pt``.
+
+    Returns:
+        the load report of each bundle, by bundle name.
+    """
+    path = tmp_path / "model.pt"
+    torch.save(source.state_dict(), path)
+    swin = sorted(k for k in source.state_dict() if k.startswith("swinViT."))
+    tokens = torch.randn(1, 12, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = _swin_stage_features(source.swinViT.eval(), tokens)
+    reports = {}
+    for bundle, key in (("dae_btcv_seg", "load_pretrained"), ("dae_brats_cls", "pretrained")):
+        target = ConfigParser()
+        target.read_config(training_config_files(str(REPO / "bundles" / bundle)))
+        target.update({"feature_size": 12, "pretrained_path": str(path)})
+        loader = key if key in target.config else "load_pretrained"
+        report = target.get_parsed_content(loader)
+        assert report.layout == "dae_bundle" and set(swin) <= set(report.loaded), bundle
+        network = target.get_parsed_content("network_def")
+        weight = "swinViT.layers4.0.blocks.1.mlp.linear2.weight"
+        (loaded_weight,) = [v for k, v in network.state_dict().items() if k.endswith(weight)]
+        assert torch.equal(loaded_weight, source.state_dict()[weight]), bundle
+        with torch.no_grad():
+            loaded = _swin_stage_features(network.swinViT.eval(), tokens)
+        for stage, (ours, theirs) in enumerate(zip(loaded, expected), start=1):
+            torch.testing.assert_close(ours, theirs, msg=f"{bundle}: Swin stage {stage} features differ")
+        reports[bundle] = report
+    return reports
 
 
 def cli_env() -> dict[str, str]:

@@ -20,7 +20,9 @@ from monai_dae.networks import PretextSwinUNETR, VoCoProjector, VoCoSwinUNETR
 from monai_dae.transforms import RandVoCoCrops, RandVoCoCropsd, overlap_labels
 from monai_dae.utils import training_config_files
 
-from bundle_testing import BTCV_TINY, REPO, bundle_training, config_arg
+from bundle_testing import (
+    BTCV_TINY, REPO, assert_encoder_loads_into_fine_tuning_bundles, bundle_training, config_arg,
+)
 
 PRETRAIN = REPO / "bundles" / "dae_pretrain"
 
@@ -195,20 +197,9 @@ def test_voco_encoder_loads_into_both_fine_tuning_bundles(tmp_path):
     parser.update({"feature_size": 12, "legacy_merging": False})
     source = parser.get_parsed_content("network_def")
     assert isinstance(source, VoCoSwinUNETR) and source.teacher is not None
-    path = tmp_path / "model.pt"
-    torch.save(source.state_dict(), path)
-    swin = sorted(k for k in source.state_dict() if k.startswith("swinViT."))
-    for bundle, key in (("dae_btcv_seg", "load_pretrained"), ("dae_brats_cls", "pretrained")):
-        target = ConfigParser()
-        target.read_config(training_config_files(str(REPO / "bundles" / bundle)))
-        target.update({"feature_size": 12, "pretrained_path": str(path)})
-        loader = key if key in target.config else "load_pretrained"
-        report = target.get_parsed_content(loader)
-        assert report.layout == "dae_bundle" and set(swin) <= set(report.loaded), bundle
+    reports = assert_encoder_loads_into_fine_tuning_bundles(source, tmp_path)
+    for bundle, report in reports.items():
         assert not any(k.startswith("teacher.") for k in report.loaded), bundle
-        weight = "swinViT.layers4.0.blocks.1.mlp.linear2.weight"
-        (loaded,) = [v for k, v in target.get_parsed_content("network_def").state_dict().items() if k.endswith(weight)]
-        assert torch.equal(loaded, source.state_dict()[weight]), bundle
     overlay = json.loads((PRETRAIN / "configs" / "voco.json").read_text())
     assert overlay["voco_grid"] == 4 and overlay["voco_base_size"] == 96 and overlay["roi_size"] == [64, 64, 64]
 

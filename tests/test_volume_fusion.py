@@ -19,7 +19,9 @@ from monai_dae.losses.fusion import VolumeFusionLoss
 from monai_dae.transforms.fusion import RandVolumeFusion, RandVolumeFusiond
 from monai_dae.utils import training_config_files
 
-from bundle_testing import BTCV_TINY, REPO, assert_png, bundle_training, config_arg
+from bundle_testing import (
+    BTCV_TINY, REPO, assert_encoder_loads_into_fine_tuning_bundles, assert_png, bundle_training, config_arg,
+)
 
 PRETRAIN = REPO / "bundles" / "dae_pretrain"
 
@@ -117,17 +119,5 @@ def test_volume_fusion_encoder_loads_into_both_fine_tuning_bundles(tmp_path):
     parser.read_config(training_config_files(str(PRETRAIN), "volume_fusion"))
     parser.update({"feature_size": 12, "legacy_merging": False})
     source = parser.get_parsed_content("network_def")
-    path = tmp_path / "model.pt"
-    torch.save(source.state_dict(), path)
-    swin = sorted(k for k in source.state_dict() if k.startswith("swinViT."))
-    for bundle, key in (("dae_btcv_seg", "load_pretrained"), ("dae_brats_cls", "pretrained")):
-        target = ConfigParser()
-        target.read_config(training_config_files(str(REPO / "bundles" / bundle)))
-        target.update({"feature_size": 12, "pretrained_path": str(path)})
-        loader = key if key in target.config else "load_pretrained"
-        report = target.get_parsed_content(loader)
-        assert report.layout == "dae_bundle" and set(swin) <= set(report.loaded), bundle
-        weight = "swinViT.layers4.0.blocks.1.mlp.linear2.weight"
-        (loaded,) = [v for k, v in target.get_parsed_content("network_def").state_dict().items() if k.endswith(weight)]
-        assert torch.equal(loaded, source.state_dict()[weight]), bundle
+    assert_encoder_loads_into_fine_tuning_bundles(source, tmp_path)
     assert json.loads((PRETRAIN / "configs" / "volume_fusion.json").read_text())["out_channels"] == 5
