@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.losses import VoCoLoss, overlap_prediction_error
@@ -202,6 +202,19 @@ def test_voco_encoder_loads_into_both_fine_tuning_bundles(tmp_path):
         assert not any(k.startswith("teacher.") for k in report.loaded), bundle
     overlay = json.loads((PRETRAIN / "configs" / "voco.json").read_text())
     assert overlay["voco_grid"] == 4 and overlay["voco_base_size"] == 96 and overlay["roi_size"] == [64, 64, 64]
+
+
+def test_voco_training_workflow_has_the_zoo_properties(tmp_path):
+    sample = write_sample_dataset(str(tmp_path / "sample"), num_ct=2, num_brain=2, ct_shape=(64, 56, 40),
+                                  brain_shape=(48, 48, 40), num_validation=1)
+    workflow = ConfigWorkflow(
+        config_file=training_config_files(str(PRETRAIN), "voco"), workflow_type="train", dataset_dir=sample["root"],
+        bundle_root=str(tmp_path / "bundle"), output_dir=str(tmp_path / "runs"), feature_size=12, voco_base_size=64,
+        voco_grid=2, cache_rate=0.0, num_workers=0, device="cpu", amp=False,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert isinstance(workflow.parser.get_parsed_content("network_def"), VoCoSwinUNETR)
 
 
 @pytest.mark.extended
