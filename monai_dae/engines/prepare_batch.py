@@ -21,15 +21,18 @@ class PretextPrepareBatch(PrepareBatch):
     network input and the targets are read from the resulting dictionary.
 
     It returns ``(inputs, targets)``, with ``targets`` one tensor for one target key and a tuple otherwise, or
-    ``(inputs, targets, (), network_kwargs)`` when ``network_kwargs`` is given (e.g. ``{"return_embedding":
-    True}`` for a loss with a contrastive term).
+    ``(inputs, targets, (), kwargs)`` when ``network_kwargs`` or ``network_keys`` are given: the constant keyword
+    arguments (e.g. ``{"return_embedding": True}`` for a loss with a contrastive term) and the batch entries the
+    network takes besides its input (e.g. BrainMVP's masks and template positions).
 
     Args:
         transforms: callables mapping the dictionary of device tensors to a dictionary, applied in order
             (e.g. ``CopyItemsd`` to keep the clean image, then ``RandDAEDisruptiond(batched=True)``).
         input_key: key of the network input after the transforms.
         target_keys: key(s) of the targets after the transforms.
-        network_kwargs: keyword arguments of the network call.
+        network_kwargs: constant keyword arguments of the network call.
+        network_keys: ``{argument name: key}``, keyword arguments of the network call read from the dictionary
+            after the transforms.
     """
 
     def __init__(
@@ -38,11 +41,13 @@ class PretextPrepareBatch(PrepareBatch):
         input_key: str = "image",
         target_keys: str | Sequence[str] = "image",
         network_kwargs: Mapping[str, Any] | None = None,
+        network_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.transforms = list(transforms)
         self.input_key = input_key
         self.target_keys = ensure_tuple(target_keys)
-        self.network_kwargs = dict(network_kwargs) if network_kwargs else None
+        self.network_kwargs = dict(network_kwargs or {})
+        self.network_keys = dict(network_keys or {})
 
     def __call__(
         self,
@@ -71,12 +76,13 @@ class PretextPrepareBatch(PrepareBatch):
             data[key] = value
         for transform in self.transforms:
             data = transform(data)
-        missing = [key for key in (self.input_key, *self.target_keys) if key not in data]
+        missing = [key for key in (self.input_key, *self.target_keys, *self.network_keys.values()) if key not in data]
         if missing:
             raise KeyError(f"PretextPrepareBatch: keys {missing} are not in the batch after the pretext transforms "
                            f"(available: {sorted(map(str, data))}).")
         inputs = data[self.input_key]
         targets = data[self.target_keys[0]] if len(self.target_keys) == 1 else tuple(data[k] for k in self.target_keys)
-        if self.network_kwargs is None:
+        if not self.network_kwargs and not self.network_keys:
             return inputs, targets
-        return inputs, targets, (), dict(self.network_kwargs)
+        kwargs = {**self.network_kwargs, **{name: data[key] for name, key in self.network_keys.items()}}
+        return inputs, targets, (), kwargs

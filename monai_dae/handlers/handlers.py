@@ -212,6 +212,14 @@ class GradientClipHandler:
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
 
 
+def _output_value(output: Mapping[str, Any], key: str) -> Any:
+    """The engine output at ``key``; ``"pred.name"`` reads entry ``name`` of a dictionary prediction."""
+    value = output
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def _volume(value: Any, index: int = 0) -> np.ndarray:
     """
     Sample ``index`` of a batch value as a float32 numpy volume: channel 0, or the argmax class map of a
@@ -242,7 +250,8 @@ class ReconstructionPreviewHandler:
         output_dir: directory of the PNG files (created if needed).
         panels: ``{title: output key}`` in column order; tuple values (the training target
             ``(clean, labels)`` or prediction ``(reconstruction, embedding)``) contribute their first item, and
-            multi-channel predictions (class logits) their argmax class map.
+            multi-channel predictions (class logits) their argmax class map; ``"pred.name"`` is entry ``name``
+            of a dictionary prediction (BrainMVP's views and reconstructions).
         interval: epochs between previews (epoch level).
         epoch_level: one preview per ``interval`` epochs; False: one per sample of every iteration.
         log_dir: TensorBoard log directory, or None for PNG files only.
@@ -319,7 +328,8 @@ class ReconstructionPreviewHandler:
     def _capture(self, engine: Engine) -> None:
         output = engine.state.output
         keys = list(self.panels.values())
-        images = output[keys[0]]
+        values = [_output_value(output, k) for k in keys]
+        images = values[0]
         images = images[0] if isinstance(images, (tuple, list)) else images
         modalities = self._modality_names(engine, len(images))
         if self.epoch_level:
@@ -330,13 +340,13 @@ class ReconstructionPreviewHandler:
                 if modality is not None and modality in seen:
                     continue
                 seen.add(modality)
-                self._captured.append((modality, [_volume(output[k], index) for k in keys]))
+                self._captured.append((modality, [_volume(v, index) for v in values]))
             return
         source = engine.state.batch.get(self.name_key) if isinstance(engine.state.batch, dict) else None
         names = source.meta.get("filename_or_obj") if hasattr(source, "meta") else None
         for index in range(len(images)):
             name = os.path.basename(str(names[index])).split(".")[0] if names else f"sample{engine.state.iteration}_{index}"
-            rows = [(modalities[index] or name, [_volume(output[k], index) for k in keys])]
+            rows = [(modalities[index] or name, [_volume(v, index) for v in values])]
             self._write(rows, name, engine.state.iteration)
 
     def _write_epoch(self, engine: Engine) -> None:

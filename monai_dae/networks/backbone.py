@@ -96,9 +96,9 @@ class PretextSwinUNETR(SwinUNETR):
         projection_dim: size of the projected embedding; None builds no projection head.
     """
 
-    pretext_prefixes: tuple[str, ...] = ("projection_head.", "teacher.")
-    """State-dict prefixes of the pretext-only modules that a stock ``SwinUNETR`` does not have: the heads and
-    VoCo's EMA teacher."""
+    pretext_prefixes: tuple[str, ...] = ("projection_head.", "teacher.", "templates")
+    """State-dict prefixes of the pretext-only modules that a stock ``SwinUNETR`` does not have: the heads, VoCo's
+    EMA teacher and BrainMVP's modality templates."""
 
     def __init__(
         self,

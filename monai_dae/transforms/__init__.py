@@ -1,4 +1,5 @@
-"""Transforms of the pretext tasks: DAE's low-level disruptions and local masking, VoCo's crops, and modality handling."""
+"""Transforms of the pretext tasks: DAE's low-level disruptions and local masking, VoCo's crops, BrainMVP's masks, and
+modality handling."""
 
 from monai_dae.transforms.array import (
     LocalMasking,
@@ -9,6 +10,13 @@ from monai_dae.transforms.array import (
     simulate_low_resolution,
 )
 from monai_dae.transforms.batched import BatchedPretextd
+from monai_dae.transforms.brainmvp import (
+    RandModalityBlockMaskd,
+    RandModalityBlockMaskD,
+    RandModalityBlockMaskDict,
+    RandTemplateWindowCropd,
+    block_masks,
+)
 from monai_dae.transforms.dictionary import (
     RandAdditiveGaussianNoised,
     RandAdditiveGaussianNoiseD,
