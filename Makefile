@@ -27,7 +27,7 @@ PRETRAIN_CONFIGS := "['bundles/dae_pretrain/configs/pretrain_base.json','bundles
 BTCV_ARGS := --dataset_dir $(BTCV_DATA) --bundle_root $(BTCV) --roi_size "[64,64,32]" $(DEMO_ARGS)
 BRATS_ARGS := --dataset_dir $(BRATS_DATA) --bundle_root $(BRATS) --spatial_size "[64,64,64]" $(DEMO_ARGS)
 
-.PHONY: install test test-extended test-docs demo demo-pretrain demo-btcv demo-brats verify-bundles sample-data clean monailabel-env test-monailabel
+.PHONY: install test test-extended test-docs compare-pretexts demo demo-pretrain demo-btcv demo-brats verify-bundles sample-data clean monailabel-env test-monailabel
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,13 @@ test-extended: install
 # statically; needs the outputs of `make demo`
 test-docs: install
 	$(PY) -m pytest -q -m docs tests/test_demo_outputs.py tests/test_doc_commands.py
+
+# the head-to-head comparison of the pretext methods (tools/compare_pretexts.py) on the sample data at the small
+# budget; COMPARE_ARGS adds options (e.g. --data_dir /data/ssl --budget bundle)
+COMPARE_DIR ?= runs/compare
+COMPARE_ARGS ?=
+compare-pretexts: install
+	$(PY) -m tools.compare_pretexts --output_dir $(COMPARE_DIR) $(COMPARE_ARGS)
 
 monailabel-env: $(MONAILABEL_VENV)/.installed
 

@@ -1,6 +1,6 @@
 """
 Figures of the bundles' runs: learning curves, reconstruction previews, per-organ Dice and segmentation
-overlays, ROC curve and confusion matrix, benchmark ratios.
+overlays, ROC curve and confusion matrix, benchmark ratios, label-efficiency curves.
 
 Every figure is a ``matplotlib.figure.Figure`` drawn with the Agg renderer, never through pyplot's global state,
 so figures can be made from data-loader threads and several engines at once. Each kind has a builder
@@ -44,6 +44,8 @@ __all__ = [
     "plot_confusion_matrix",
     "benchmark_ratios_figure",
     "plot_benchmark_ratios",
+    "label_efficiency_figure",
+    "plot_label_efficiency",
 ]
 
 DPI = 100
@@ -629,3 +631,75 @@ def plot_benchmark_ratios(rows: Sequence[Mapping[str, Any]], path: str, title: s
         ``path``.
     """
     return save_figure(benchmark_ratios_figure(rows, title), path)
+
+
+# =============================================================================================================
+# Label-efficiency curves
+# =============================================================================================================
+
+
+def label_efficiency_figure(
+    results: Sequence[Mapping[str, Any]], tasks: Mapping[str, str] | None = None, title: str = ""
+) -> Figure:
+    """
+    Label-efficiency curves: per task one panel of the metric against the fraction of labelled training data,
+    one line per method, at each fraction the mean over seeds with the standard deviation as error bar.
+
+    Args:
+        results: rows ``{"task", "metric", "method", "fraction", "seed", "value"}``.
+        tasks: ``{task: panel title}`` in panel order (default: the tasks in order of appearance).
+        title: the figure title (the budget and the data).
+
+    Returns:
+        the figure.
+
+    Raises:
+        ValueError: no row has a finite value.
+    """
+    rows = [r for r in results if r.get("value") is not None and math.isfinite(float(r["value"]))]
+    if not rows:
+        raise ValueError("no comparison result has a finite value to draw.")
+    tasks = dict(tasks or {t: t for t in dict.fromkeys(r["task"] for r in rows)})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    figure, axes = _new_figure(1, len(tasks), 5.0, 3.8)
+    for ax, (task, panel_title) in zip(axes[0], tasks.items()):
+        task_rows = [r for r in rows if r["task"] == task]
+        for index, method in enumerate(methods):
+            values: dict[float, list[float]] = {}
+            for r in task_rows:
+                if r["method"] == method:
+                    values.setdefault(float(r["fraction"]), []).append(float(r["value"]))
+            if not values:
+                continue
+            fractions = sorted(values)
+            means = [float(np.mean(values[f])) for f in fractions]
+            stds = [float(np.std(values[f])) for f in fractions]
+            ax.errorbar([100 * f for f in fractions], means, yerr=stds, marker="o", capsize=3, color=f"C{index % 10}",
+                        linestyle="--" if method == "scratch" else "-", label=method)
+        metrics = sorted({r["metric"] for r in task_rows})
+        ax.set_xlabel("labelled training data (%)")
+        ax.set_ylabel(", ".join(metrics))
+        ax.set_title(panel_title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    if title:
+        figure.suptitle(title, fontsize=9, wrap=True)
+    return figure
+
+
+def plot_label_efficiency(
+    results: Sequence[Mapping[str, Any]], path: str, tasks: Mapping[str, str] | None = None, title: str = ""
+) -> str:
+    """
+    Write :py:func:`label_efficiency_figure` as a PNG.
+
+    Args:
+        results: comparison rows (see :py:func:`label_efficiency_figure`).
+        path: the PNG file.
+        tasks: ``{task: panel title}`` in panel order.
+        title: the figure title.
+
+    Returns:
+        ``path``.
+    """
+    return save_figure(label_efficiency_figure(results, tasks, title), path)

@@ -11,7 +11,8 @@ loop is one command). Each command is one test, named after its doc and line (``
   weights, ``verify_metadata``) is run with ``bash`` (cwd the repository root, ``PYTHONPATH`` the repository,
   the environment's ``bin`` first on ``PATH``, 300 s timeout) and must exit 0 without touching the demo's
   outputs (``runs/demo``, ``data/sample``);
-- a **slow** command (training, ``torchrun``, serving, benchmarks, learning checks, ``make``, downloads) is
+- a **slow** command (training, ``torchrun``, serving, benchmarks, learning checks, the pretext comparison,
+  ``make``, downloads) is
   checked statically: ``bash -n``, and every input path it names (configs, ``--pretrained_path``,
   ``--dataset_dir``, ``--datalist``, ``--checkpoint``, ...) exists after the demo, or is written by an earlier
   command of the same doc (run first when that command is quick), or is a download listed in a bundle's
@@ -191,6 +192,7 @@ SLOW = [
     (re.compile(r"(^|[\s;&|(])curl\s"), "needs a running server"),
     (re.compile(r"tools\.benchmark\b"), "benchmark"),
     (re.compile(r"tools\.learning_check_\w+"), "learning check (tens of minutes)"),
+    (re.compile(r"tools\.compare_pretexts\b"), "pretrains and fine-tunes every method (tens of minutes)"),
     (re.compile(r"(^|[\s;&|(/])(pip|pip3)\s+install\b|-m\s+pip\s+install\b|-m\s+venv\b"), "installs packages"),
     (re.compile(r"download_large_files|monai\.bundle\s+download\b(?!.*--url\s+[\"']?file://)"), "downloads from the internet"),
     (re.compile(r"--stem\s+conv\b"), "needs the DAE authors' published weights (a download)"),

@@ -12,7 +12,7 @@ import numpy as np
 
 from monai_dae.modalities import DEFAULT_MODALITIES, canonical_modality, infer_modality
 
-__all__ = ["load_datalist", "check_image_file", "inference_data"]
+__all__ = ["load_datalist", "check_image_file", "inference_data", "labelled_subset"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -148,3 +148,40 @@ def inference_data(
             f"nothing to infer: no --image, no --datalist and no image found under dataset_dir '{dataset_dir}'."
         )
     return list(found)
+
+
+def labelled_subset(
+    entries: Sequence[dict[str, Any]], fraction: float = 1.0, seed: int = 0, stratify_key: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    A seeded fraction of the labelled training entries, for label-efficiency studies: the entries (of each
+    ``stratify_key`` value separately) are shuffled once by ``seed`` and the first ``max(1, round(fraction * n))``
+    are kept, so that for one seed a smaller fraction is a subset of a larger one. The kept entries stay in
+    their original order.
+
+    Args:
+        entries: the training entries.
+        fraction: the fraction to keep, in (0, 1]; 1 keeps every entry.
+        seed: the shuffling seed.
+        stratify_key: keep the fraction of every value of this entry key (e.g. the class ``label``).
+
+    Returns:
+        the kept entries.
+
+    Raises:
+        ValueError: ``fraction`` is not in (0, 1].
+    """
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"the labelled fraction must be in (0, 1], got {fraction}.")
+    if float(fraction) == 1.0:
+        return list(entries)
+    groups: dict[Any, list[int]] = {}
+    for index, entry in enumerate(entries):
+        groups.setdefault(entry.get(stratify_key) if stratify_key else None, []).append(index)
+    rng = np.random.RandomState(seed)
+    kept: list[int] = []
+    for value in sorted(groups, key=str):
+        members = groups[value]
+        order = rng.permutation(len(members))
+        kept += [members[i] for i in order[: max(1, int(round(fraction * len(members))))]]
+    return [entries[i] for i in sorted(kept)]
