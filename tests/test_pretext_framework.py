@@ -73,7 +73,7 @@ def test_dae_network_is_the_backbone_with_masking_and_projection():
     assert isinstance(network, PretextSwinUNETR) and isinstance(network.embedding_transform, PatchEmbeddingMasking)
     assert network.embedding_transform.masking.num_masked(48) == 28
     assert network.projection_head[-1].out_features == 32
-    assert PretextSwinUNETR.pretext_prefixes == ("projection_head.", "teacher.")
+    assert PretextSwinUNETR.pretext_prefixes == ("projection_head.", "teacher.", "templates")
     assert not any(k.startswith(("out.", "projection_head.")) for k in network.backbone_state_dict())
 
 
@@ -136,8 +136,8 @@ def test_each_method_is_the_base_config_plus_one_small_overlay():
     assert sum(1 for _ in open(files[0])) < 250
     for method in pretext_methods(str(PRETRAIN)):
         assert sum(1 for _ in open(PRETRAIN / "configs" / f"{method}.json")) < 60, method
-    assert {"dae", "volume_fusion", "voco"} <= set(pretext_methods(str(PRETRAIN)))
-    with pytest.raises(FileNotFoundError, match="no overlay 'simclr.json'.*methods: \\['dae', 'voco', 'volume_fusion'"):
+    assert {"dae", "volume_fusion", "voco", "brainmvp"} <= set(pretext_methods(str(PRETRAIN)))
+    with pytest.raises(FileNotFoundError, match="no overlay 'simclr.json'.*methods: \\['brainmvp', 'dae', 'voco', 'volume_fusion'"):
         training_config_files(str(PRETRAIN), "simclr")
     base = json.loads((PRETRAIN / "configs" / "pretrain_base.json").read_text())
     assert "hyper_parameters" not in base and "loss" not in base

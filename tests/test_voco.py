@@ -185,7 +185,7 @@ def test_network_pools_five_scales_into_the_projector_and_keeps_an_ema_teacher()
         if value.is_floating_point() and name in dict(network.teacher.named_parameters()):
             torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * student[name])
     assert set(network.eval()(crops)) == {"student"}
-    assert PretextSwinUNETR.pretext_prefixes == ("projection_head.", "teacher.")
+    assert PretextSwinUNETR.pretext_prefixes == ("projection_head.", "teacher.", "templates")
     backbone = network.backbone_state_dict()
     assert backbone and not any(k.startswith(("teacher.", "projection_head.", "decoder")) for k in backbone)
     assert set(VoCoSwinUNETR(feature_size=12, teacher_momentum=None).train()(crops[:2])) == {"student"}
