@@ -10,7 +10,7 @@ import pytest
 from monai_dae.data import labelled_subset
 from monai_dae.data.phantoms import write_sample_dataset
 from monai_dae.figures import label_efficiency_figure
-from tools.compare_pretexts import markdown_table, summarise
+from tools.compare_pretexts import compare, markdown_table, summarise
 
 from bundle_testing import REPO, assert_png, tool_command, tool_env
 
@@ -54,6 +54,16 @@ def test_summary_table_and_figure_of_the_results():
     assert ax.get_xlabel() == "labelled training data (%)" and ax.get_title() == "BTCV"
     with pytest.raises(ValueError, match="finite"):
         label_efficiency_figure([{**_rows()[0], "value": float("nan")}])
+
+
+def test_unknown_methods_tasks_and_fractions_stop_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown methods \['evaluate'\].*'brainmvp', 'dae', 'voco', 'volume_fusion'"):
+        compare(str(tmp_path), methods=["dae", "evaluate"])
+    with pytest.raises(ValueError, match="fractions in"):
+        compare(str(tmp_path), fractions=[0.0, 1.0])
+    with pytest.raises(ValueError, match="tasks must be among"):
+        compare(str(tmp_path), tasks=["dae_pretrain"])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.extended

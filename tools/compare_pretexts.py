@@ -261,12 +261,12 @@ def compare(
         the path of ``comparison.md``.
     """
     from monai_dae.figures import plot_label_efficiency
-    from monai_dae.utils import progress_enabled
+    from monai_dae.utils import pretext_methods, progress_enabled
 
-    overlays = {p.stem for p in bundle_configs("dae_pretrain").glob("*.json")}
+    overlays = pretext_methods(str(bundle_configs("dae_pretrain").parent))
     unknown = [m for m in methods if m != "scratch" and m not in overlays]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}: the pretraining overlays are {sorted(overlays & set(METHODS))} (and 'scratch').")
+        raise ValueError(f"unknown methods {unknown}: the pretraining overlays are {overlays} (and 'scratch').")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or budget not in BUDGETS or not all(0 < float(f) <= 1 for f in fractions):
         raise ValueError(f"tasks must be among {list(TASKS)}, budget one of {list(BUDGETS)} and fractions in (0, 1]; "
