@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import fire
 import numpy as np
 
 from tools.learning_check_common import bundle_configs, run_workflow
+from tools.pretrain_datalist import write_json_atomically
 
 METHODS: tuple[str, ...] = ("dae", "volume_fusion", "voco", "brainmvp", "scratch")
 """The compared methods: the pretraining overlays of ``dae_pretrain`` and "scratch" (no pretraining)."""
@@ -65,13 +65,6 @@ _FIELDS = ("task", "metric", "method", "fraction", "seed", "value", "seconds")
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def prepare_data(data_dir: str | None, output_dir: Path, progress: bool | None) -> dict[str, str]:
@@ -135,7 +128,8 @@ def pretrain(method: str, data: dict[str, str], output_dir: Path, epochs: int, b
         **overrides,
     )
     workflow.finalize()
-    _write_json(done, {"method": method, "epochs": epochs, "seconds": round(time.perf_counter() - start, 1)})
+    seconds = round(time.perf_counter() - start, 1)
+    write_json_atomically({"method": method, "epochs": epochs, "seconds": seconds}, str(done))
     return str(weights)
 
 
@@ -178,7 +172,7 @@ def finetune(
     workflow.finalize()
     result = {"task": task, "metric": metric, "method": method, "fraction": fraction, "seed": seed,
               "value": value, "seconds": round(time.perf_counter() - start, 1)}
-    _write_json(done, result)
+    write_json_atomically(result, str(done))
     return result
 
 

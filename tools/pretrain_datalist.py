@@ -317,7 +317,15 @@ def split_subjects(images: Sequence[ImageFile], val_fraction: float, seed: int) 
     return validation
 
 
-def _write_atomically(content: dict, path: str) -> None:
+def write_json_atomically(content: dict, path: str) -> None:
+    """
+    Write ``content`` as indented JSON through a temporary file in the target folder, ``fsync`` and
+    ``os.replace``: a reader sees the previous complete file or the new one, never a partial file.
+
+    Args:
+        content: the JSON content.
+        path: the target file; its folder is created when missing.
+    """
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
@@ -482,7 +490,7 @@ def build(
         "training": training,
         "validation": validation,
     }
-    _write_atomically(content, output)
+    write_json_atomically(content, output)
     subjects = {image.subject for image in images}
     print(
         f"{len(images)} images of {len(subjects)} subjects ({len(validation_subjects)} for validation), "
