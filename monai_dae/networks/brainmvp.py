@@ -133,10 +133,11 @@ class BrainMVPSwinUNETR(PretextSwinUNETR):
         Returns:
             the min-max normalised template windows (B, 1, *size).
         """
+        ranges = {index: (self.templates[index].min(), self.templates[index].max()) for index in set(modality.tolist())}
         windows = []
         for index, corner in zip(modality.tolist(), start.tolist()):
             template = self.templates[index]
-            low, high = template.min(), template.max()
+            low, high = ranges[index]
             region = tuple(slice(c, c + s) for c, s in zip(corner, size))
             window = (template[region] - low) / (high - low + 1e-9)
             if tuple(window.shape) != tuple(size):
