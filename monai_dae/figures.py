@@ -46,6 +46,8 @@ __all__ = [
     "plot_benchmark_ratios",
     "label_efficiency_figure",
     "plot_label_efficiency",
+    "data_pipeline_figure",
+    "plot_data_pipeline",
 ]
 
 DPI = 100
@@ -703,3 +705,77 @@ def plot_label_efficiency(
         ``path``.
     """
     return save_figure(label_efficiency_figure(results, tasks, title), path)
+
+
+def data_pipeline_figure(
+    throughput: Sequence[Mapping[str, Any]], memory: Sequence[Mapping[str, Any]], labels: Mapping[str, str], title: str = ""
+) -> Figure:
+    """
+    The data-pipeline benchmark at a glance: volumes/s per store and loader worker count (bars), and the growth of
+    the peak resident memory with the corpus size per store (lines, log-log).
+
+    Args:
+        throughput: rows ``{"store", "workers", "volumes_per_s"}`` (empty: the panel is left out).
+        memory: rows ``{"store", "volumes", "growth_mib"}`` (empty: the panel is left out).
+        labels: ``{store: legend label}`` in legend order.
+        title: the figure title (the machine).
+
+    Returns:
+        the figure.
+
+    Raises:
+        ValueError: both row lists are empty.
+    """
+    panels = [name for name, rows in (("throughput", throughput), ("memory", memory)) if rows]
+    if not panels:
+        raise ValueError("no data-pipeline measurement to draw.")
+    figure, axes = _new_figure(1, len(panels), 5.5, 3.8)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "throughput":
+            workers = sorted({int(r["workers"]) for r in throughput})
+            stores = [s for s in labels if any(r["store"] == s for r in throughput)]
+            width = 0.8 / len(workers)
+            for k, count in enumerate(workers):
+                values = [next((float(r["volumes_per_s"]) for r in throughput if r["store"] == s and int(r["workers"]) == count), 0.0)
+                          for s in stores]
+                ax.bar(np.arange(len(stores)) + (k - (len(workers) - 1) / 2) * width, values, width,
+                       label=f"{count} worker(s)", color=f"C{k % 10}")
+            ax.set_xticks(np.arange(len(stores)), [labels[s].split(" (")[0] for s in stores], rotation=15, fontsize=7,
+                          ha="right")
+            ax.set_ylabel("volumes/s")
+            ax.set_title("throughput per store", fontsize=10)
+        else:
+            for index, store in enumerate(s for s in labels if any(r["store"] == s for r in memory)):
+                rows = sorted((r for r in memory if r["store"] == store), key=lambda r: int(r["volumes"]))
+                ax.plot([int(r["volumes"]) for r in rows], [max(float(r["growth_mib"]), 1.0) for r in rows], marker="o",
+                        color=f"C{index % 10}", label=labels[store].split(" (")[0])
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("volumes in the corpus")
+            ax.set_ylabel("peak RSS growth (MiB)")
+            ax.set_title("resident memory by corpus size", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    if title:
+        figure.suptitle(title, fontsize=8, wrap=True)
+    return figure
+
+
+def plot_data_pipeline(
+    throughput: Sequence[Mapping[str, Any]], memory: Sequence[Mapping[str, Any]], labels: Mapping[str, str], path: str,
+    title: str = "",
+) -> str:
+    """
+    Write :py:func:`data_pipeline_figure` as a PNG.
+
+    Args:
+        throughput: rows ``{"store", "workers", "volumes_per_s"}``.
+        memory: rows ``{"store", "volumes", "growth_mib"}``.
+        labels: ``{store: legend label}``.
+        path: the PNG file.
+        title: the figure title.
+
+    Returns:
+        ``path``.
+    """
+    return save_figure(data_pipeline_figure(throughput, memory, labels, title), path)

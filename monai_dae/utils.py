@@ -29,6 +29,7 @@ __all__ = [
     "latest_checkpoint",
     "prepare_output_dir",
     "resumable_checkpoint",
+    "resume_checkpoint",
     "verify_checkpoint",
     "remove_stale_temporaries",
     "require_training_iterations",
@@ -275,9 +276,46 @@ def resumable_checkpoint(checkpoint_dir: str, pattern: str = "checkpoint*.pt") -
     )
 
 
+RESUME_AUTO = "auto"
+
+
+def _resume_mode(resume: bool | str) -> bool | str:
+    """The ``resume`` key checked: True, False or "auto"."""
+    if isinstance(resume, str) and resume.lower() == RESUME_AUTO:
+        return RESUME_AUTO
+    if isinstance(resume, bool):
+        return resume
+    raise ValueError(f"resume must be true, false or '{RESUME_AUTO}', got {resume!r}.")
+
+
+def resume_checkpoint(checkpoint_dir: str, resume: bool | str) -> str:
+    """
+    The ``resume_from`` of every training config: the checkpoint a run starts from, by its ``resume`` key.
+
+    - false: none, a new run.
+    - true: the newest readable checkpoint (:py:func:`resumable_checkpoint`); none is an error.
+    - "auto": the newest readable checkpoint when ``checkpoint_dir`` holds one, else none. This is the mode
+      for preemptible or elastic jobs (SLURM ``--requeue``, ``torchrun --max-restarts``), whose restarts repeat
+      the first command line: the first start begins the run, every restart continues it.
+
+    Args:
+        checkpoint_dir: the run's checkpoint folder.
+        resume: the config's ``resume`` (true, false or "auto").
+
+    Returns:
+        the path of the checkpoint to resume from, or "".
+    """
+    mode = _resume_mode(resume)
+    if not mode:
+        return ""
+    if mode == RESUME_AUTO and not glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt")):
+        return ""
+    return resumable_checkpoint(checkpoint_dir)
+
+
 def prepare_output_dir(
     output_dir: str,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
     checkpoint_dir: str | None = None,
     log_dir: str | None = None,
@@ -294,6 +332,8 @@ def prepare_output_dir(
 
     - ``resume`` true: the run continues there; stale temporary files of a killed save are removed, and there
       must be a checkpoint to resume from (see :py:func:`resumable_checkpoint`, which picks it).
+    - ``resume`` "auto": as true when ``checkpoint_dir`` holds a checkpoint, else as ``overwrite`` (a restarted
+      job that had not yet saved a checkpoint starts again, replacing its own logs).
     - ``overwrite`` true: a new run replaces the old one; the old resumable checkpoints and TensorBoard event
       files are deleted (each logged), so that a later ``--resume`` cannot pick up the previous run;
       ``model_filename`` is replaced at the new run's first validation.
@@ -303,7 +343,7 @@ def prepare_output_dir(
 
     Args:
         output_dir: the run's output folder (named in messages).
-        resume: the config's ``resume``.
+        resume: the config's ``resume`` (true, false or "auto").
         overwrite: the config's ``overwrite``.
         checkpoint_dir: resumable checkpoints of the run (default ``<output_dir>/checkpoints``).
         log_dir: TensorBoard folder (default ``<output_dir>/tensorboard``).
@@ -317,11 +357,15 @@ def prepare_output_dir(
     """
     checkpoint_dir = checkpoint_dir or os.path.join(output_dir, "checkpoints")
     log_dir = log_dir or os.path.join(output_dir, "tensorboard")
+    resume = _resume_mode(resume)
     if resume and overwrite:
         raise ValueError(
             f"both 'resume' and 'overwrite' are true for output_dir '{output_dir}': '--resume True' continues the "
             "run there, '--overwrite True' replaces it with a new one; pass one of them."
         )
+    if resume == RESUME_AUTO:
+        has_checkpoint = bool(glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt")))
+        resume, overwrite = has_checkpoint, not has_checkpoint
     if resume:
         remove_stale_temporaries(checkpoint_dir, model_dir)
         if not glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt")):

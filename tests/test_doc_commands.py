@@ -185,6 +185,7 @@ def placeholders(command: Command) -> list[str]:
 # commands checked statically, with the reason (first match wins)
 SLOW = [
     (re.compile(r"(^|[\s;&|(])torchrun\s"), "multi-process training (torchrun)"),
+    (re.compile(r"(^|[\s;&|(])(sbatch|srun)\s|tools/cluster/"), "multi-node training (a cluster launcher)"),
     (re.compile(r"(^|[\s;&|(])make(\s|$)"), "a make target"),
     (re.compile(r"\bmlflow\s+(ui|server)\b"), "serves the MLflow UI"),
     (re.compile(r"(^|[\s;&|(/])tensorboard\s"), "serves TensorBoard"),

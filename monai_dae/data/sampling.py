@@ -9,9 +9,10 @@ import numpy as np
 from monai.data import CacheDataset
 from torch.utils.data import DistributedSampler
 
+from monai_dae.data.persistent import MemoryMappedPersistentDataset
 from monai_dae.utils import distributed_rank, distributed_world_size
 
-__all__ = ["derive_seed", "SeededCacheDataset", "ModalityMixingSampler"]
+__all__ = ["derive_seed", "PerSampleSeeding", "SeededCacheDataset", "SeededPersistentDataset", "ModalityMixingSampler"]
 
 _MAX_SEED = 2**32 - 1
 
@@ -30,29 +31,21 @@ def derive_seed(*entropy: int) -> int:
     return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0]) % _MAX_SEED
 
 
-class SeededCacheDataset(CacheDataset):
+class PerSampleSeeding:
     """
-    MONAI's ``CacheDataset`` whose random transforms are seeded per sample: before the random part of the
-    pipeline runs on sample ``index`` in epoch ``epoch``, the transforms are seeded with
-    ``derive_seed(seed, epoch, index)``. Which crop (or augmentation) a sample gets then depends only on the
-    seed, the epoch and the sample, not on the number of loader workers, on which worker loads it, or on the
-    order in which the sampler asks for it; a resumed run draws what the uninterrupted run drew.
+    Seeds the random transforms of a MONAI dataset per sample: before the random part of the pipeline runs on
+    sample ``index`` in epoch ``epoch``, the transforms are seeded with ``derive_seed(seed, epoch, index)``.
+    Which crop (or augmentation) a sample gets then depends only on the seed, the epoch and the sample, not on
+    the number of loader workers, on which worker or rank loads it, or on the order in which the sampler asks
+    for it; a resumed run draws what the uninterrupted run drew.
 
-    The epoch is set by :py:meth:`set_epoch`, called by
-    :py:class:`monai_dae.handlers.SetEpochHandler` at every epoch start (before the data loader starts its
-    workers for that epoch).
-
-    Args:
-        data: the data list.
-        transform: a ``Compose``: its deterministic prefix is cached, the rest runs on every access.
-        seed: base seed of the random transforms.
-        kwargs: further ``CacheDataset`` arguments (``cache_rate``, ``num_workers``, ...).
+    The epoch is set by :py:meth:`set_epoch`, called by :py:class:`monai_dae.handlers.SetEpochHandler` at every
+    epoch start (before the data loader starts its workers for that epoch). Mixed into a ``Dataset`` subclass
+    whose ``_transform(index)`` runs the pipeline (``CacheDataset``, ``PersistentDataset``).
     """
 
-    def __init__(self, data: Sequence, transform: Any, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(data=data, transform=transform, **kwargs)
-        self.seed = int(seed)
-        self.epoch = 0
+    seed: int = 0
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         """
@@ -64,6 +57,43 @@ class SeededCacheDataset(CacheDataset):
     def _transform(self, index: int):
         self.transform.set_random_state(seed=derive_seed(self.seed, self.epoch, index % len(self)))
         return super()._transform(index)
+
+
+class SeededCacheDataset(PerSampleSeeding, CacheDataset):
+    """
+    MONAI's ``CacheDataset`` (the deterministic prefix of the pipeline held in memory) with the random transforms
+    seeded per sample (:py:class:`PerSampleSeeding`).
+
+    Args:
+        data: the data list.
+        transform: a ``Compose``: its deterministic prefix is cached, the rest runs on every access.
+        seed: base seed of the random transforms.
+        kwargs: further ``CacheDataset`` arguments (``cache_rate``, ``num_workers``, ...).
+    """
+
+    def __init__(self, data: Sequence, transform: Any, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(data=data, transform=transform, **kwargs)
+        self.seed = int(seed)
+
+
+class SeededPersistentDataset(PerSampleSeeding, MemoryMappedPersistentDataset):
+    """
+    :py:class:`monai_dae.data.persistent.MemoryMappedPersistentDataset` (the deterministic prefix written once to
+    disk and read back memory-mapped, resident memory flat as the corpus grows) with the random transforms
+    seeded per sample (:py:class:`PerSampleSeeding`): the same crops as :py:class:`SeededCacheDataset` for the
+    same seed.
+
+    Args:
+        data: the data list.
+        transform: a ``Compose``: its deterministic prefix is cached on disk, the rest runs on every access.
+        cache_dir: folder of the cache files.
+        seed: base seed of the random transforms.
+        kwargs: further ``MemoryMappedPersistentDataset`` arguments.
+    """
+
+    def __init__(self, data: Sequence, transform: Any, cache_dir: str, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(data=data, transform=transform, cache_dir=cache_dir, **kwargs)
+        self.seed = int(seed)
 
 
 class ModalityMixingSampler(DistributedSampler):

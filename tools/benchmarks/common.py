@@ -190,6 +190,14 @@ class Settings:
     sw_batch_sizes: tuple[int, ...] = (1, 4)
     sw_cpu_batch_sizes: tuple[int, ...] = (1, 2)
     sw_out_channels: int = 14
+    data_dir: str | None = None
+    data_volumes: int = 24
+    data_shape: tuple[int, ...] = (160, 160, 128)
+    data_roi: int = 96
+    data_workers: tuple[int, ...] = (0, 1, 2)
+    memory_sizes: tuple[int, ...] = (100, 1000, 10000)
+    memory_shape: tuple[int, ...] = (48, 48, 32)
+    memory_roi: int = 32
     configs: tuple[str, ...] = ()
     quick: bool = False
     notes: list[str] = field(default_factory=list)
@@ -204,7 +212,8 @@ def quick_settings() -> Settings:
                     copy_repeats=50, matmul_size=512, scaling_batches=(2, 4, 8), pipeline_num_ct=2,
                     pipeline_num_brain=2, pipeline_ct_shape=(64, 64, 32), pipeline_brain_shape=(48, 48, 40),
                     pipeline_batches=4, pipeline_busy_steps=2, sw_cpu_shape=(64, 64, 64), sw_cpu_batch_sizes=(1,),
-                    quick=True)
+                    data_volumes=4, data_shape=(40, 40, 32), data_roi=32, data_workers=(0, 1), memory_sizes=(8, 16),
+                    memory_shape=(40, 40, 32), quick=True)
 
 
 class Report:

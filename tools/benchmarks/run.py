@@ -23,9 +23,11 @@ from tools.benchmarks.common import Report, Settings, free_memory, machine_descr
 from tools.benchmarks.disruption import bench_disruption
 from tools.benchmarks.inference import bench_inference
 from tools.benchmarks.pipeline import bench_pipeline
+from tools.benchmarks.storage import bench_data_formats, bench_data_memory, markdown_tables, write_data_figure
 from tools.benchmarks.training import ALL_CONFIGS, bench_flops, bench_scaling, bench_train_step
 
-SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inference")
+SECTIONS = ("disruption", "train_step", "flops", "scaling", "pipeline", "inference", "data_formats", "data_memory")
+MARKDOWN_SECTIONS = ("data_formats", "data_memory")
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
@@ -53,6 +55,8 @@ def main(
     seed: int = 0,
     progress: bool | None = None,
     output_figure: str | None = None,
+    output_markdown: str | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
     """
     Run the benchmark sections, print one table of ratios and the machine description, optionally save JSON.
@@ -61,7 +65,7 @@ def main(
         quick: tiny sizes (feature size 12, 64^3 crops, 1 warm-up + 1 timed step, baseline / ours_fp32 /
             ours_best) to keep the code paths alive.
         only: comma-separated sections to run (default all): disruption, train_step, flops, scaling, pipeline,
-            inference.
+            inference, data_formats, data_memory.
         output_json: write all results and the table rows to this path.
         device: "cpu", "cuda" or "cuda:N" (default: cuda when available).
         configs: comma-separated training configs to measure (default all that apply); the baseline is always
@@ -78,6 +82,11 @@ def main(
         progress: a progress bar over the sections (default: when stderr is a terminal).
         output_figure: write a bar chart of the table's ratios (PNG) to this path; default next to
             ``output_json`` (same name, ``.png``), none without ``output_json``.
+        output_markdown: write the tables of the data sections (throughput per store and worker count, peak RSS
+            by corpus size) as Markdown to this path (the ``dae_pretrain`` bundle's ``docs/data_pipeline.md``),
+            and their figure next to it (same name, ``.png``).
+        data_dir: folder of the data sections' synthetic corpora and caches (default: the system temporary
+            folder); point it at the disk the real corpus lives on.
 
     Returns:
         the results dictionary (also written to ``output_json``).
@@ -94,6 +103,7 @@ def main(
             setattr(s, key, int(value))
     if sw_cpu_shape is not None:
         s.sw_cpu_shape = tuple(int(v) for v in sw_cpu_shape)
+    s.data_dir = data_dir
     s.configs = _as_tuple(configs)
     unknown = set(s.configs) - set(ALL_CONFIGS)
     if unknown:
@@ -102,6 +112,8 @@ def main(
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {list(SECTIONS)}")
+    if output_markdown and not set(sections) & set(MARKDOWN_SECTIONS):
+        raise ValueError(f"--output_markdown writes the tables of the sections {list(MARKDOWN_SECTIONS)}; run one.")
     allow_compile = (dev.type == "cuda" and not quick) if compile is None else bool(compile)
     random.seed(seed)
     np.random.seed(seed)
@@ -129,6 +141,10 @@ def main(
             bench_pipeline(s, dev, report, allow_compile)
         elif name == "inference":
             bench_inference(s, dev, report)
+        elif name == "data_formats":
+            bench_data_formats(s, report)
+        elif name == "data_memory":
+            bench_data_memory(s, report)
         section_s[name] = time.perf_counter() - t0
         free_memory(dev)
     machine["load_average_end"] = list(os.getloadavg())
@@ -147,6 +163,14 @@ def main(
     print(f"total {results['total_seconds']:.1f} s")
     if output_json:
         write_json(results, output_json)
+    if output_markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(output_markdown)), exist_ok=True)
+        figure = os.path.splitext(output_markdown)[0] + ".png"
+        write_data_figure(report.sections, machine_title(machine, dev), figure)
+        with open(output_markdown, "w") as f:
+            f.write(markdown_tables(report.sections, machine_title(machine, dev),
+                                    " ".join(["python -m tools.benchmark", *sys.argv[1:]]), os.path.basename(figure)))
+        print(f"tables: {output_markdown}")
     if output_figure is None and output_json:
         output_figure = os.path.splitext(output_json)[0] + ".png"
     if output_figure:
