@@ -308,7 +308,7 @@ def resume_checkpoint(checkpoint_dir: str, resume: bool | str) -> str:
     mode = _resume_mode(resume)
     if not mode:
         return ""
-    if mode == RESUME_AUTO and not glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt")):
+    if mode == RESUME_AUTO and latest_checkpoint(checkpoint_dir) is None:
         return ""
     return resumable_checkpoint(checkpoint_dir)
 
@@ -364,7 +364,7 @@ def prepare_output_dir(
             "run there, '--overwrite True' replaces it with a new one; pass one of them."
         )
     if resume == RESUME_AUTO:
-        has_checkpoint = bool(glob.glob(os.path.join(checkpoint_dir, "checkpoint*.pt")))
+        has_checkpoint = latest_checkpoint(checkpoint_dir) is not None
         resume, overwrite = has_checkpoint, not has_checkpoint
     if resume:
         remove_stale_temporaries(checkpoint_dir, model_dir)

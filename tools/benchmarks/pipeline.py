@@ -14,23 +14,17 @@ from typing import Any
 import torch
 
 from monai_dae.engines import PretextPrepareBatch
-from monai_dae.utils import bundle_dir, training_config_files
 from tools.benchmarks.common import NOT_MEASURED_NO_GPU, Report, Settings, median, sync, time_calls
 from tools.benchmarks.ours import OursStep
+from tools.benchmarks.storage import pipeline_parser
 from tools.benchmarks.training import best_levers
+
 
 def _bundle_loader(dataset_dir: str, s: Settings, device: torch.device, num_workers: int):
     """The dae_pretrain bundle's own train dataset, ThreadDataLoader and prepare_batch, parsed from its DAE configs."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(training_config_files(bundle_dir("dae_pretrain", required="configs/metadata.json"), "dae"))
-    parser["dataset_dir"] = dataset_dir
-    parser["roi_size"] = [s.roi] * 3
-    parser["batch_size"] = s.batch_size
-    parser["num_workers"] = num_workers
+    parser = pipeline_parser(os.path.join(dataset_dir, "datalist_pretrain.json"), "memory", s.roi, s.batch_size,
+                             num_workers)
     parser["device"] = f"$torch.device('{device}')"
-    parser["train#dataset#progress"] = False
     dataset = parser.get_parsed_content("train#dataset")
     loader = parser.get_parsed_content("train#dataloader")
     prepare = parser.get_parsed_content("train#prepare_batch")

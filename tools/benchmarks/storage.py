@@ -87,7 +87,7 @@ def write_corpus(folder: str, count: int, shape: Sequence[int], compressed: bool
     return path
 
 
-def pipeline_parser(datalist: str, store: str, roi: int, batch_size: int, num_workers: int, cache_dir: str):
+def pipeline_parser(datalist: str, store: str, roi: int, batch_size: int, num_workers: int, cache_dir: str | None = None):
     """
     The ``dae_pretrain`` bundle's DAE configs (plus ``persistent_cache.json`` for the persistent store) with the
     data list, store, crop size and loader settings of a measurement.
@@ -98,7 +98,7 @@ def pipeline_parser(datalist: str, store: str, roi: int, batch_size: int, num_wo
         roi: crop edge.
         batch_size: volumes per batch.
         num_workers: loader workers.
-        cache_dir: the persistent cache's folder.
+        cache_dir: the persistent cache's folder (the persistent store only).
 
     Returns:
         the ``ConfigParser``.
@@ -115,7 +115,11 @@ def pipeline_parser(datalist: str, store: str, roi: int, batch_size: int, num_wo
     parser.read_config(files)
     parser.update({"dataset_dir": os.path.dirname(datalist), "datalist": datalist, "roi_size": [roi] * 3,
                    "batch_size": batch_size, "num_workers": num_workers, "progress_bar": False,
-                   "cache_rate": 1.0 if store == "memory" else 0.0, "cache_dir": cache_dir})
+                   "cache_rate": 1.0 if store == "memory" else 0.0})
+    if store == "persistent":
+        if cache_dir is None:
+            raise ValueError("the persistent store needs a cache_dir.")
+        parser["cache_dir"] = cache_dir
     return parser
 
 
