@@ -492,6 +492,27 @@ def distributed_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def destroy_process_group() -> None:
+    """
+    End a distributed run: wait at a barrier for every rank, then destroy the default process group. Does nothing
+    without an initialised group. The ``multi_gpu_train.json`` overlays call this from ``finalize``.
+
+    The barrier is what makes a finished run exit 0. PyTorch (2.14) stashes a Python object in the thread-local
+    state of ``backward``, and every collective launched there (DDP's gradient all-reduce) carries a copy of that
+    state. The gloo worker thread drops the last reference to such a collective after it completes, and needs
+    the GIL to do so. If the interpreter is already shutting down, that thread is torn down inside a destructor
+    and the process aborts with "terminate called without an active exception" (SIGABRT). Measured on CPU with two
+    ranks that exit a few milliseconds after their last DDP backward pass: 11 of 57 runs aborted. While this rank
+    waits at the barrier, the GIL is free and those collectives are released: none of 40 runs aborted.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def all_gather_list(items: list) -> list:
     """
     Concatenate a list of picklable Python objects from every rank, in rank order (``all_gather_object``):

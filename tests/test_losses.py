@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from monai_dae.losses import CrossModalContrastiveLoss, DAELoss, gather_with_grad
-from monai_dae.utils import all_gather_list
+from monai_dae.utils import all_gather_list, destroy_process_group
 
 C = 1.0 / math.sqrt(2.0)
 
@@ -301,7 +301,7 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
-        dist.destroy_process_group()
+        destroy_process_group()
 
 
 def _free_port() -> int:
@@ -372,6 +372,32 @@ def test_ddp_parameter_gradients_equal_single_process(ddp_results):
         assert result["ddp_loss"].item() == pytest.approx(single.item(), rel=1e-6)
         assert torch.allclose(result["weight_grad"], head.weight.grad, atol=1e-6, rtol=1e-5)
         assert torch.allclose(result["bias_grad"], head.bias.grad, atol=1e-6, rtol=1e-5)
+
+
+def _exit_after_backward_worker(rank: int, port: int) -> None:
+    """A two-rank DDP step followed at once by the end of the process: the shape of a finished training run."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        torch.set_num_threads(1)
+        model = nn.parallel.DistributedDataParallel(nn.Linear(6, 4))
+        model(torch.randn(PER_RANK, 6)).sum().backward()
+    finally:
+        destroy_process_group()
+
+
+@pytest.mark.extended
+def test_ddp_processes_exit_cleanly_right_after_backward():
+    # Without the barrier in destroy_process_group, 11 of 57 such runs aborted at exit (SIGABRT); 20 clean runs
+    # in a row would then happen by chance about once in 60.
+    for _ in range(20):
+        mp.spawn(_exit_after_backward_worker, args=(_free_port(),), nprocs=WORLD_SIZE, join=True)
+
+
+def test_destroy_process_group_without_group_does_nothing():
+    assert not dist.is_initialized()
+    destroy_process_group()
+    assert not dist.is_initialized()
 
 
 def test_gather_with_grad_is_identity_without_distributed():

@@ -210,9 +210,11 @@ def test_two_torchrun_nodes_train_resume_after_a_worker_is_killed(sample, tmp_pa
         (worker,) = psutil.Process(nodes[1].pid).children()
         os.kill(worker.pid, signal.SIGKILL)
         codes = [node.wait(timeout=600) for node in nodes]
-    finally:
+    finally:  # a failed or hung run leaves no worker behind
         for node in nodes:
-            node.kill() if node.poll() is None else None
+            if node.poll() is None:
+                for process in [*psutil.Process(node.pid).children(recursive=True), psutil.Process(node.pid)]:
+                    process.kill()
     text = [log.read_text() for log in logs]
     assert codes == [0, 0], text[0][-3000:] + text[1][-3000:]
     assert "exitcode: -9" in text[1]  # the kill reached node 1's torchrun agent, which restarted the worker group

@@ -19,10 +19,10 @@ entries, fixed timestamps), so its sha256 only changes when the content does.
 
 Example::
 
-    python -m tools.export_bundle dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.0.zip
+    python -m tools.export_bundle dae_btcv_seg --output_dir dist   # dist/dae_btcv_seg_v0.2.1.zip
     python -m tools.export_bundle --output_dir dist                # every bundle of bundles/
     # then, anywhere MONAI is installed:
-    python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.2.0.zip \
+    python -m monai.bundle download --name dae_btcv_seg --url file://$PWD/dist/dae_btcv_seg_v0.2.1.zip \
         --bundle_dir ./bundles_installed
 """
 

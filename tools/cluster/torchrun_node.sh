@@ -17,6 +17,11 @@ set -euo pipefail
 : "${NNODES:?set NNODES, the number of nodes}"
 : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT, host:port of the rendezvous, the same on every node}"
 PYTHON=${PYTHON:-python}
+# A store per rendezvous round. By default torchrun's agent lends its rendezvous store to the workers and keeps it
+# across restarts of the worker group, so a restarted worker can read the previous round's keys (the gloo address
+# of a dead worker, an old NCCL id) and wait for a peer that never answers (pytorch/pytorch#135712; with torch
+# 2.14 and gloo the two-node test hung in ProcessGroupGloo's connect in 2 runs of 3 after a worker was killed).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 if [ -z "${NPROC_PER_NODE:-}" ]; then
     NPROC_PER_NODE=$("$PYTHON" -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi
